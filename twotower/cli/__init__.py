@@ -1,0 +1,1 @@
+"""One thin absl app per job."""

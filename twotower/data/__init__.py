@@ -1,0 +1,1 @@
+"""Reading, validating, splitting and feeding interaction data."""
