@@ -1,0 +1,79 @@
+"""Flags shared by the jobs, and their mapping onto twotower.config.Config.
+
+Every Config field is a flag of the same name (``--batch_size``, ``--queue_size``...), so a
+flagfile is just a list of config values. Defaults come from the dataclasses: one source.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from absl import flags
+
+from twotower import config as config_lib
+
+FLAGS = flags.FLAGS
+
+_SECTIONS = {"data": config_lib.DataConfig, "model": config_lib.ModelConfig,
+             "loss": config_lib.LossConfig, "train": config_lib.TrainConfig}
+
+_HELP = {
+    "dataset": "Built-in dataset: movielens-100k or synthetic (ignored with --interactions).",
+    "interactions": "CSV/TSV interaction log with user_id, item_id, timestamp columns.",
+    "user_features": "CSV/TSV of user features keyed by user_id.",
+    "item_features": "CSV/TSV of item features keyed by item_id.",
+    "allow_bad_rows": "Skip malformed rows (counted in metrics.json) instead of failing.",
+    "batch_size": "Training batch size (in-batch candidates per step).",
+    "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most half the "
+                  "catalogue), 0 = in-batch negatives only.",
+    "queue_warmup_steps": "Steps before queue entries are used as negatives.",
+    "temperature": "Softmax temperature over cosine scores.",
+    "logq": "Subtract log q(item) from every candidate's logit.",
+    "history_length": "Recent items (strictly before the target) pooled by the user tower.",
+    "embedding_dim": "Output dimension of both towers.",
+    "user_layers": "Hidden layer sizes of the user tower MLP.",
+    "item_layers": "Hidden layer sizes of the item tower MLP.",
+    "step_limit": "Stop after this many training steps in total (0 = no limit).",
+    "seed": "Random seed: data order, initialisation, id dropout.",
+}
+
+
+def define_config_flags(sections: Sequence[str] = ("data", "model", "loss", "train")) -> None:
+  for section in sections:
+    for field in dataclasses.fields(_SECTIONS[section]):
+      name, default = field.name, field.default
+      if name in FLAGS:
+        continue
+      help_text = _HELP.get(name, f"{section}.{name}")
+      if isinstance(default, bool):
+        flags.DEFINE_bool(name, default, help_text)
+      elif isinstance(default, int):
+        flags.DEFINE_integer(name, default, help_text)
+      elif isinstance(default, float):
+        flags.DEFINE_float(name, default, help_text)
+      elif isinstance(default, tuple):
+        flags.DEFINE_list(name, [str(v) for v in default], help_text)
+      else:
+        flags.DEFINE_string(name, default, help_text)
+
+
+def config_from_flags() -> config_lib.Config:
+  values = {}
+  for section, kind in _SECTIONS.items():
+    section_values = {}
+    for field in dataclasses.fields(kind):
+      if field.name not in FLAGS:
+        continue
+      value = FLAGS[field.name].value
+      if isinstance(field.default, tuple):
+        try:
+          value = tuple(int(v) for v in value)
+        except ValueError:
+          raise flags.ValidationError(
+              f"--{field.name} takes comma-separated integers, got {','.join(value)}")
+      section_values[field.name] = value
+    values[section] = section_values
+  config = config_lib.Config.from_dict(values)
+  if config.data.interactions:
+    config.data.dataset = None
+  return config

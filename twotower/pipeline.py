@@ -1,0 +1,38 @@
+"""The end-to-end job behind twotower-pipeline, importable for tests and notebooks."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+from absl import logging
+
+from twotower.config import Config
+from twotower.workdir import Workdir
+
+
+def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = None,
+                 sample_user_id: Optional[str] = None, rank: bool = True) -> dict:
+  """Trains, (ranks,) indexes, exports and asks the export for one recommendation."""
+  from twotower.train import loop
+  metrics = loop.train(config, workdir)
+  summary = {"workdir": workdir, "retrieval": metrics["final"]}
+  if rank and importlib.util.find_spec("twotower.train.ranking") is not None:
+    from twotower.train import ranking
+    summary["ranking"] = ranking.train_ranking(workdir)
+  from twotower import export, index, serving
+  summary["index"] = index.build_index(workdir)
+  export_dir = export.export(workdir, export_dir)
+  summary["export_dir"] = export_dir
+  recommender = serving.Recommender.load(export_dir)
+  user_id = sample_user_id or _sample_user(workdir)
+  summary["sample"] = {"user_id": user_id,
+                       "recommendations": recommender.recommend({"user_id": user_id}, k=10)}
+  logging.info("sample recommendations for user %s: %s", user_id, summary["sample"])
+  return summary
+
+
+def _sample_user(workdir: str) -> str:
+  with open(os.path.join(Workdir(workdir).vocab, "user_id.txt"), encoding="utf-8") as f:
+    f.readline()
+    return f.readline().rstrip("\n")

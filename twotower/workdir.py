@@ -1,0 +1,66 @@
+"""One run's directory: its layout (pinned in DESIGN.md) and reloading what training left.
+
+Downstream jobs (evaluate, rank, index, export) rebuild the prepared data from the saved
+config and check it against the saved vocabularies, so a changed input file is an error
+rather than a silently different id mapping.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tf_keras
+
+from twotower.config import Config
+from twotower.data import prepare as prepare_lib
+from twotower.data.vocab import Vocabulary
+
+
+@dataclasses.dataclass
+class Workdir:
+  root: str
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.root, *parts)
+
+  config = property(lambda self: self.path("config.json"))
+  metrics = property(lambda self: self.path("metrics.json"))
+  checkpoints = property(lambda self: self.path("checkpoints"))
+  best = property(lambda self: self.path("checkpoints", "best"))
+  tensorboard = property(lambda self: self.path("tensorboard"))
+  vocab = property(lambda self: self.path("vocab"))
+  index = property(lambda self: self.path("index"))
+  ranking = property(lambda self: self.path("ranking"))
+  export = property(lambda self: self.path("export"))
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  config: Config
+  data: prepare_lib.PreparedData
+  model: object   # TwoTowerModel with the best epoch's weights
+
+
+def load_trained(workdir: str) -> TrainedRun:
+  """Config, prepared data and the best retrieval model of a finished training run."""
+  from twotower.model import retrieval  # deferred: builds TF graphs
+  import tensorflow as tf
+  wd = Workdir(workdir)
+  for path in (wd.config, wd.best + ".index"):
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f"{path} not found: {workdir} holds no finished training run; run "
+          f"twotower-train --workdir={workdir} first")
+  config = Config.load(wd.config)
+  data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  for name, vocab in (("user_id", data.user_vocab), ("item_id", data.item_vocab)):
+    saved = Vocabulary.load(wd.path("vocab", f"{name}.txt"))
+    if not np.array_equal(saved.tokens, vocab.tokens):
+      raise ValueError(
+          f"the input data no longer matches {wd.vocab}/{name}.txt (the {name} vocabulary "
+          f"changed since training); retrain, or point the config at the original files")
+  tf_keras.utils.set_random_seed(config.train.seed)
+  model = retrieval.build_retrieval_model(data, config)
+  tf.train.Checkpoint(model=model).read(wd.best).expect_partial()
+  return TrainedRun(config, data, model)
