@@ -1,0 +1,129 @@
+"""The cross-batch queue and the sampled-softmax loss against numpy references."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from twotower.config import LossConfig
+from twotower.model.negatives import EMPTY_ID, CrossBatchQueue
+from twotower.model.retrieval import (MASKED_LOGIT, CrossBatchSoftmax, history_mask,
+                                      resolve_queue_size)
+
+
+def _unit(rng, n, d):
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_queue_is_fifo_and_keeps_the_newest():
+  q = CrossBatchQueue(size=5, dim=2)
+  for start in (0, 3, 6):
+    ids = np.arange(start, start + 3, dtype=np.int32)
+    q.enqueue(tf.constant(np.stack([ids, ids], 1).astype(np.float32)), tf.constant(ids),
+              tf.constant(-ids.astype(np.float32)))
+  emb, ids, log_q = (t.numpy() for t in q.ordered())
+  np.testing.assert_array_equal(ids, [4, 5, 6, 7, 8])          # oldest first, 0..3 evicted
+  np.testing.assert_array_equal(emb[:, 0], [4, 5, 6, 7, 8])
+  np.testing.assert_array_equal(log_q, [-4, -5, -6, -7, -8])
+  assert int(q.count) == 9
+
+
+def test_queue_larger_batch_than_queue_keeps_last_entries():
+  q = CrossBatchQueue(size=3, dim=1)
+  ids = np.arange(7, dtype=np.int32)
+  q.enqueue(tf.constant(ids[:, None].astype(np.float32)), tf.constant(ids), tf.zeros(7))
+  np.testing.assert_array_equal(q.ordered()[1].numpy(), [4, 5, 6])
+
+
+def test_empty_queue_slots_are_masked_and_loss_equals_in_batch():
+  rng = np.random.default_rng(0)
+  query, cand = _unit(rng, 4, 3), _unit(rng, 4, 3)
+  ids = tf.constant([1, 2, 3, 4])
+  log_q = tf.constant([-1.0, -2.0, -3.0, -4.0])
+  in_batch = CrossBatchSoftmax(LossConfig(queue_warmup_steps=0))
+  with_queue = CrossBatchSoftmax(LossConfig(queue_warmup_steps=0), CrossBatchQueue(6, 3))
+  np.testing.assert_allclose(in_batch(query, cand, ids, log_q).numpy(),
+                             with_queue(query, cand, ids, log_q).numpy(), rtol=1e-6)
+  logits = with_queue.logits(query, cand, ids, log_q).numpy()
+  assert (logits[:, 4:] == MASKED_LOGIT).all()
+
+
+def _reference_loss(query, cand, ids, log_q, q_emb, q_ids, q_log_q, history, temperature,
+                    use_queue=True):
+  all_emb = np.concatenate([cand, q_emb]) if use_queue else cand
+  all_ids = np.concatenate([ids, q_ids]) if use_queue else ids
+  all_lq = np.concatenate([log_q, q_log_q]) if use_queue else log_q
+  losses = []
+  for b in range(len(query)):
+    logits = query[b] @ all_emb.T / temperature - all_lq
+    for c in range(len(all_ids)):
+      if c == b:
+        continue
+      if all_ids[c] == ids[b] or all_ids[c] == EMPTY_ID or all_ids[c] in set(history[b]) - {0}:
+        logits[c] = -np.inf
+    m = logits.max()
+    losses.append(-(logits[b] - m - np.log(np.exp(logits - m).sum())))
+  return np.mean(losses)
+
+
+@pytest.mark.parametrize("step,use_queue", [(10, True), (2, False)])
+def test_loss_matches_reference_with_logq_hits_history_and_warmup(step, use_queue):
+  rng = np.random.default_rng(1)
+  b, m, d = 6, 5, 4
+  query, cand = _unit(rng, b, d), _unit(rng, b, d)
+  ids = np.array([1, 2, 3, 2, 5, 6], np.int32)           # an in-batch accidental hit (2)
+  log_q = rng.normal(size=b).astype(np.float32)
+  q_emb = _unit(rng, m, d)
+  q_ids = np.array([3, EMPTY_ID, 9, 5, 8], np.int32)     # hits on 3 and 5, one empty slot
+  q_log_q = rng.normal(size=m).astype(np.float32)
+  history = np.array([[0, 9], [0, 0], [6, 7], [0, 1], [0, 0], [8, 8]], np.int32)
+  queue = CrossBatchQueue(m, d)
+  queue.embeddings.assign(q_emb)
+  queue.ids.assign(q_ids)
+  queue.log_q.assign(q_log_q)
+  task = CrossBatchSoftmax(LossConfig(temperature=0.2, queue_warmup_steps=5), queue)
+  got = task(tf.constant(query), tf.constant(cand), tf.constant(ids), tf.constant(log_q),
+             history=tf.constant(history), step=tf.constant(step, tf.int64)).numpy()
+  want = _reference_loss(query, cand, ids, log_q, q_emb, q_ids, q_log_q, history, 0.2,
+                         use_queue=use_queue)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_logq_off_ignores_probabilities():
+  rng = np.random.default_rng(2)
+  query, cand = _unit(rng, 3, 2), _unit(rng, 3, 2)
+  ids = tf.constant([1, 2, 3])
+  task = CrossBatchSoftmax(LossConfig(logq=False))
+  a = task(query, cand, ids, tf.constant([0.0, -5.0, -9.0])).numpy()
+  b = task(query, cand, ids, tf.constant([-1.0, -1.0, -1.0])).numpy()
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_history_mask_matches_set_membership():
+  rng = np.random.default_rng(3)
+  history = rng.integers(0, 40, (16, 7)).astype(np.int32)
+  history[:, :3] = 0
+  cands = rng.integers(0, 40, 50).astype(np.int32)
+  want = np.array([[c in set(h[h != 0]) for c in cands] for h in history])
+  np.testing.assert_array_equal(history_mask(tf.constant(history), tf.constant(cands)).numpy(),
+                                want)
+
+
+def test_centering_leaves_in_batch_loss_unchanged():
+  rng = np.random.default_rng(4)
+  query, cand = _unit(rng, 5, 3), _unit(rng, 5, 3)
+  ids, log_q = tf.constant([1, 2, 3, 4, 5]), tf.zeros(5)
+  task = CrossBatchSoftmax(LossConfig(queue_warmup_steps=0), CrossBatchQueue(5, 3))
+  np.testing.assert_allclose(task(query, cand, ids, log_q).numpy(),
+                             task(query, task.center(tf.constant(cand)), ids, log_q).numpy(),
+                             rtol=1e-5)
+
+
+def test_queue_size_auto_is_capped_by_catalogue():
+  assert resolve_queue_size(LossConfig(queue_size=-1), 256, 100_000) == 2048
+  assert resolve_queue_size(LossConfig(queue_size=-1), 256, 1000) == 500
+  assert resolve_queue_size(LossConfig(queue_size=0), 256, 1000) == 0
+
+
+def test_bad_temperature_is_rejected():
+  with pytest.raises(ValueError, match="temperature"):
+    CrossBatchSoftmax(LossConfig(temperature=0.0))
