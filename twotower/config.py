@@ -52,6 +52,10 @@ class LossConfig:
   mask_accidental_hits: bool = True
   mask_history: bool = True                   # items in the row's history input are not negatives
   queue_centering: bool = True                # store and score candidates minus their batch mean
+  frequency: str = "static"                   # log q source: static (count table) | streaming
+  frequency_buckets: int = 0                  # streaming: hash buckets (0: item vocabulary size)
+  frequency_hashes: int = 2                   # streaming: hash functions
+  frequency_learning_rate: float = 0.01       # streaming: Yi et al.'s alpha
 
 
 @dataclasses.dataclass
@@ -68,6 +72,11 @@ class TrainConfig:
   eval_ks: Sequence[int] = (10, 20, 50, 100)
   seed: int = 0
   progress: bool = True
+  checkpoint_every_steps: int = 0             # 0: at the end of each epoch only
+  global_clipnorm: float = 0.0                # 0: no gradient-norm clipping
+  divergence_spike_factor: float = 10.0       # loss above this x its moving average diverged
+  max_recoveries: int = 3                     # divergence recoveries before giving up
+  recovery_lr_factor: float = 0.5             # learning rate multiplier after a recovery
 
 
 @dataclasses.dataclass

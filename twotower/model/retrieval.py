@@ -18,7 +18,7 @@ import tf_keras
 from twotower.config import LossConfig
 from twotower.data.pipeline import HISTORY
 from twotower.data.vocab import PAD
-from twotower.model.frequency import StaticFrequency
+from twotower.model.frequency import StaticFrequency, StreamingFrequencyEstimator
 from twotower.model.negatives import EMPTY_ID, CrossBatchQueue
 from twotower.model.towers import ItemTower, UserTower
 
@@ -152,6 +152,8 @@ class TwoTowerModel(tfrs.Model):
     return self._forward(features, training)[0]
 
   def train_step(self, features):
+    """One step; a step whose loss or gradients are not finite changes nothing (the loop's
+    divergence guard sees it in the returned values and reacts)."""
     # Yi et al.: the estimator sees the batch before its probabilities are read.
     self.frequency.update(features["item"]["item_id"])
     with tf.GradientTape() as tape:
@@ -160,10 +162,18 @@ class TwoTowerModel(tfrs.Model):
       total = loss + regularization
     variables = self.trainable_variables
     gradients = tape.gradient(total, variables)
-    self.optimizer.apply_gradients(zip(gradients, variables))
-    if self.task.queue is not None:
-      self.task.queue.enqueue(candidates, ids, log_q)
-    return {"loss": loss, "regularization_loss": regularization, "total_loss": total}
+    grad_norm = tf.linalg.global_norm(gradients)
+    finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(total)
+
+    def apply():
+      self.optimizer.apply_gradients(zip(gradients, variables))
+      if self.task.queue is not None:
+        self.task.queue.enqueue(candidates, ids, log_q)
+      return tf.constant(True)
+
+    tf.cond(finite, apply, lambda: tf.constant(False))
+    return {"loss": loss, "regularization_loss": regularization, "total_loss": total,
+            "grad_norm": grad_norm}
 
 
 def build_retrieval_model(data, config) -> TwoTowerModel:
@@ -173,7 +183,17 @@ def build_retrieval_model(data, config) -> TwoTowerModel:
                          item_tower.id_embedding)
   queue_size = resolve_queue_size(config.loss, config.train.batch_size, data.num_items)
   queue = CrossBatchQueue(queue_size, config.model.embedding_dim) if queue_size else None
-  counts = np.zeros(len(data.item_vocab), np.int64)
-  counts[data.item_vocab.offset:] = data.train_item_counts()
   task = CrossBatchSoftmax(config.loss, queue)
-  return TwoTowerModel(user_tower, item_tower, task, StaticFrequency(counts))
+  return TwoTowerModel(user_tower, item_tower, task, build_frequency(data, config.loss))
+
+
+def build_frequency(data, config: LossConfig):
+  """The log q source the config names."""
+  if config.frequency == "static":
+    counts = np.zeros(len(data.item_vocab), np.int64)
+    counts[data.item_vocab.offset:] = data.train_item_counts()
+    return StaticFrequency(counts)
+  if config.frequency == "streaming":
+    return StreamingFrequencyEstimator(config.frequency_buckets or len(data.item_vocab),
+                                       config.frequency_hashes, config.frequency_learning_rate)
+  raise ValueError(f"--frequency must be 'static' or 'streaming', got {config.frequency!r}")

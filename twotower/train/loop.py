@@ -26,6 +26,7 @@ from twotower.data import splits
 from twotower.model import retrieval
 from twotower.model.encoding import Encoder
 from twotower.train.optimizers import make_optimizer
+from twotower.train.stability import DivergenceError, DivergenceGuard
 from twotower.workdir import Workdir
 
 
@@ -78,104 +79,201 @@ class _LoopState(tf.Module):
 
   def __init__(self):
     super().__init__()
-    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)          # epochs completed
-    self.best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
-    self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False)
-    self.epochs_since_best = tf.Variable(0, dtype=tf.int64, trainable=False)
-    self.stopped = tf.Variable(False, trainable=False)
+    var = lambda value, dtype: tf.Variable(value, dtype=dtype, trainable=False)
+    self.epoch = var(0, tf.int64)                  # epochs completed
+    self.batches_done = var(0, tf.int64)           # batches consumed in the current epoch
+    self.best = var(-np.inf, tf.float64)
+    self.best_epoch = var(-1, tf.int64)
+    self.epochs_since_best = var(0, tf.int64)
+    self.stopped = var(False, tf.bool)
+    self.recoveries = var(0, tf.int64)
 
 
-def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData] = None) -> dict:
-  """Trains (or resumes) the retrieval model in ``workdir``; returns the final metrics."""
-  validate_config(config)
-  wd = Workdir(workdir)
-  os.makedirs(wd.root, exist_ok=True)
-  fileio.atomic_write_bytes(wd.config, config.to_json().encode())
-  if data is None:
-    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
-  data.save_vocab(wd.vocab)
+class Trainer:
+  """Owns the model, optimizer, checkpoints and logs of one training run."""
 
-  tf_keras.utils.set_random_seed(config.train.seed)
-  model = retrieval.build_retrieval_model(data, config)
-  optimizer = make_optimizer(config.train.optimizer, config.train.learning_rate)
-  model.compile(optimizer=optimizer)
-  state = _LoopState()
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, state=state)
-  manager = tf.train.CheckpointManager(checkpoint, wd.checkpoints, max_to_keep=2)
-  best_checkpoint = tf.train.Checkpoint(model=model)
-  metrics_log = _load_metrics(wd, config, data)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    logging.info("resumed from %s (epoch %d)", manager.latest_checkpoint, int(state.epoch))
-    metrics_log["epochs"] = [e for e in metrics_log["epochs"] if e["epoch"] < int(state.epoch)]
+  def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData):
+    self.config, self.data, self.wd = config, data, Workdir(workdir)
+    t = config.train
+    tf_keras.utils.set_random_seed(t.seed)
+    self.model = retrieval.build_retrieval_model(data, config)
+    self.optimizer = make_optimizer(t.optimizer, t.learning_rate, t.global_clipnorm)
+    self.model.compile(optimizer=self.optimizer)
+    # Weights and optimizer slots exist before tracing, so that the step can apply its
+    # gradients inside a tf.cond (skipped when they are not finite).
+    sample = pipeline.training_dataset(data, batch_size=2, history_length=config.data.history_length,
+                                       seed=t.seed)
+    self.model.compute_loss(next(iter(sample)))
+    self.optimizer.build(self.model.trainable_variables)
+    self.state = _LoopState()
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                          state=self.state)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, self.wd.checkpoints,
+                                              max_to_keep=3)
+    self.best_checkpoint = tf.train.Checkpoint(model=self.model)
+    self.log = _load_metrics(self.wd, config, data)
+    self.steps_per_epoch = pipeline.steps_per_epoch(data, t.batch_size)
+    self.train_step = tf.function(self.model.train_step, reduce_retracing=True)
+    self.writer = tf.summary.create_file_writer(self.wd.tensorboard)
+    self.guard = DivergenceGuard(t.divergence_spike_factor)
 
-  steps_per_epoch = pipeline.steps_per_epoch(data, config.train.batch_size)
-  train_step = tf.function(model.train_step, reduce_retracing=True)
-  writer = tf.summary.create_file_writer(wd.tensorboard)
-  t = config.train
+  # -- checkpoints -----------------------------------------------------------------------
+  def restore_latest(self) -> bool:
+    """Restores the newest readable checkpoint; a corrupt one falls back to the previous."""
+    for path in reversed(self.manager.checkpoints):
+      try:
+        self.checkpoint.restore(path).expect_partial().assert_existing_objects_matched()
+        logging.info("restored %s (epoch %d, batch %d)", path, int(self.state.epoch),
+                     int(self.state.batches_done))
+        return True
+      except (tf.errors.OpError, ValueError, AssertionError) as e:
+        logging.warning("checkpoint %s is unreadable (%s); trying the previous one", path,
+                        str(e).splitlines()[0])
+    return False
 
-  while (int(state.epoch) < t.epochs and not bool(state.stopped)
-         and not _step_limit_reached(optimizer, t)):
-    epoch = int(state.epoch)
-    dataset = pipeline.training_dataset(
-        data, batch_size=t.batch_size, history_length=config.data.history_length,
-        seed=t.seed, epoch=epoch, id_dropout=config.model.id_dropout)
-    progbar = tf_keras.utils.Progbar(steps_per_epoch, verbose=1 if t.progress else 0,
+  def save(self) -> None:
+    self.manager.save(checkpoint_number=int(self.optimizer.iterations))
+    fileio.atomic_write_json(self.wd.metrics, self.log)
+
+  # -- the loop --------------------------------------------------------------------------
+  def run(self) -> dict:
+    t = self.config.train
+    if self.restore_latest():
+      self.log["epochs"] = [e for e in self.log["epochs"]
+                            if e["epoch"] < int(self.state.epoch)]
+    else:
+      self.save()    # step 0: what a divergence before the first checkpoint restores
+    while (int(self.state.epoch) < t.epochs and not bool(self.state.stopped)
+           and not self._step_limit_reached()):
+      self._epoch()
+    return self._finish()
+
+  def _epoch(self) -> None:
+    t, epoch = self.config.train, int(self.state.epoch)
+    progbar = tf_keras.utils.Progbar(self.steps_per_epoch, verbose=1 if t.progress else 0,
                                      stateful_metrics=["loss"])
+    progbar.update(int(self.state.batches_done))
     started, losses, seen = time.time(), [], 0
-    for batch in dataset:
-      out = train_step(batch)
-      loss = float(out["loss"])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"training loss became {loss} at step {int(optimizer.iterations)}; lower "
-            f"--learning_rate (now {float(optimizer.learning_rate):g})")
-      losses.append(loss)
-      seen += int(tf.shape(batch["item"]["item_id"])[0])
-      step = int(optimizer.iterations)
-      progbar.add(1, [("loss", float(np.mean(losses[-50:])))])
-      if step % 10 == 0:
-        with writer.as_default(step=step):
-          tf.summary.scalar("train/loss", loss)
-      if _step_limit_reached(optimizer, t):
+    while int(self.state.batches_done) < self.steps_per_epoch:
+      skip = int(self.state.batches_done)
+      dataset = pipeline.training_dataset(
+          self.data, batch_size=t.batch_size, history_length=self.config.data.history_length,
+          seed=t.seed, epoch=epoch, id_dropout=self.config.model.id_dropout,
+          skip_batches=skip)
+      diverged = False
+      for batch in dataset:
+        out = self.train_step(batch)
+        loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+        reason = self.guard.check(loss, grad_norm)
+        if reason:
+          self._recover(reason)
+          diverged = True
+          break
+        self.state.batches_done.assign_add(1)
+        losses.append(loss)
+        seen += int(tf.shape(batch["item"]["item_id"])[0])
+        step = int(self.optimizer.iterations)
+        progbar.add(1, [("loss", float(np.mean(losses[-50:])))])
+        if step % 10 == 0:
+          with self.writer.as_default(step=step):
+            tf.summary.scalar("train/loss", loss)
+            tf.summary.scalar("train/grad_norm", grad_norm)
+        if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
+          self.save()
+        if self._step_limit_reached():
+          break
+      if not diverged:
         break
-    elapsed = time.time() - started
+    self._end_epoch(epoch, losses, seen, time.time() - started)
 
-    valid = split_metrics(model, data, splits.VALID, config)
-    record = {"epoch": epoch, "step": int(optimizer.iterations), "loss": float(np.mean(losses)),
+  def _recover(self, reason: str) -> None:
+    """Back to the last good checkpoint, a lower learning rate, past the bad batch."""
+    t = self.config.train
+    bad_epoch, bad_batch = int(self.state.epoch), int(self.state.batches_done)
+    bad_step = int(self.optimizer.iterations)
+    recoveries = int(self.state.recoveries) + 1
+    if recoveries > t.max_recoveries:
+      raise DivergenceError(
+          f"training diverged at step {bad_step} ({reason}) after {recoveries - 1} "
+          f"recoveries (--max_recoveries={t.max_recoveries}); lower --learning_rate or set "
+          f"--global_clipnorm / --optimizer=clippy_adagrad")
+    lr = float(self.optimizer.learning_rate) * t.recovery_lr_factor
+    if not self.restore_latest():
+      raise DivergenceError(f"training diverged at step {bad_step} ({reason}) and no "
+                            f"checkpoint could be restored")
+    restored_step = int(self.optimizer.iterations)
+    self.optimizer.learning_rate.assign(lr)
+    # Skip the window: continue after the offending batch of the epoch it happened in.
+    self.state.epoch.assign(bad_epoch)
+    self.state.batches_done.assign(bad_batch + 1)
+    self.state.recoveries.assign(recoveries)
+    self.guard.reset()
+    event = {"step": bad_step, "epoch": bad_epoch, "batch": bad_batch, "reason": reason,
+             "restored_step": restored_step, "learning_rate": lr}
+    self.log.setdefault("divergence_events", []).append(event)
+    logging.warning("divergence at step %d (%s): restored step %d, learning rate -> %g, "
+                    "skipping to batch %d", bad_step, reason, restored_step, lr, bad_batch + 1)
+    self.save()
+
+  def _end_epoch(self, epoch, losses, seen, elapsed) -> None:
+    t = self.config.train
+    valid = split_metrics(self.model, self.data, splits.VALID, self.config)
+    record = {"epoch": epoch, "step": int(self.optimizer.iterations),
+              "loss": float(np.mean(losses)) if losses else None,
               "examples_per_second": seen / max(elapsed, 1e-9),
-              "learning_rate": float(optimizer.learning_rate), "valid": valid}
-    _early_stopping(record, state, optimizer, best_checkpoint, wd, t)
-    metrics_log["epochs"].append(record)
-    with writer.as_default(step=int(optimizer.iterations)):
+              "learning_rate": float(self.optimizer.learning_rate), "valid": valid}
+    _early_stopping(record, self.state, self.optimizer, self.best_checkpoint, self.wd, t)
+    self.log["epochs"].append(record)
+    with self.writer.as_default(step=int(self.optimizer.iterations)):
       for name, value in valid.items():
         tf.summary.scalar(f"valid/{name}", value)
       tf.summary.scalar("train/examples_per_second", record["examples_per_second"])
       tf.summary.scalar("train/learning_rate", record["learning_rate"])
-    state.epoch.assign_add(1)
-    manager.save(checkpoint_number=int(state.epoch))
-    fileio.atomic_write_json(wd.metrics, metrics_log)
-    logging.info("epoch %d: loss %.4f, %.0f examples/s, valid %s", epoch, record["loss"],
-                 record["examples_per_second"],
-                 {k: round(v, 4) for k, v in valid.items() if k in (t.early_stopping_metric, "ndcg@20")})
+    if int(self.state.batches_done) >= self.steps_per_epoch:
+      self.state.epoch.assign_add(1)
+      self.state.batches_done.assign(0)
+    self.save()
+    shown = {k: round(v, 4) for k, v in valid.items()
+             if k in (t.early_stopping_metric, "ndcg@20")}
+    logging.info("epoch %d: loss %s, %.0f examples/s, valid %s", epoch, record["loss"],
+                 record["examples_per_second"], shown)
 
-  if not os.path.exists(wd.best + ".index"):     # step limit hit before any validation
-    best_checkpoint.write(wd.best)
-  best_checkpoint.read(wd.best).expect_partial()
-  metrics_log["final"] = {
-      "best_epoch": int(state.best_epoch),
-      "valid": split_metrics(model, data, splits.VALID, config),
-      "test": split_metrics(model, data, splits.TEST, config),
-      "most_popular_test": most_popular_metrics(data, splits.TEST, config),
-      "steps": int(optimizer.iterations),
-  }
-  fileio.atomic_write_json(wd.metrics, metrics_log)
-  writer.flush()
-  return metrics_log
+  def _finish(self) -> dict:
+    if not os.path.exists(self.wd.best + ".index"):   # stopped before any validation
+      self.best_checkpoint.write(self.wd.best)
+    self.best_checkpoint.read(self.wd.best).expect_partial()
+    self.log["final"] = {
+        "best_epoch": int(self.state.best_epoch),
+        "valid": split_metrics(self.model, self.data, splits.VALID, self.config),
+        "test": split_metrics(self.model, self.data, splits.TEST, self.config),
+        "most_popular_test": most_popular_metrics(self.data, splits.TEST, self.config),
+        "steps": int(self.optimizer.iterations),
+        "recoveries": int(self.state.recoveries),
+    }
+    fileio.atomic_write_json(self.wd.metrics, self.log)
+    self.writer.flush()
+    return self.log
+
+  def _step_limit_reached(self) -> bool:
+    limit = self.config.train.step_limit
+    return limit > 0 and int(self.optimizer.iterations) >= limit
 
 
-def _step_limit_reached(optimizer, t) -> bool:
-  return t.step_limit > 0 and int(optimizer.iterations) >= t.step_limit
+def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData] = None) -> dict:
+  """Trains (or resumes) the retrieval model in ``workdir``; returns the metrics log."""
+  validate_config(config)
+  wd = Workdir(workdir)
+  os.makedirs(wd.root, exist_ok=True)
+  if os.path.exists(wd.config):
+    saved = Config.load(wd.config)
+    if saved.to_json() != config.to_json():
+      logging.warning("%s differs from this run's flags; the new config is used and saved",
+                      wd.config)
+  fileio.atomic_write_bytes(wd.config, config.to_json().encode())
+  if data is None:
+    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  data.save_vocab(wd.vocab)
+  return Trainer(config, workdir, data).run()
 
 
 def _early_stopping(record, state, optimizer, best_checkpoint, wd, t) -> None:
