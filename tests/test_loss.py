@@ -120,8 +120,10 @@ def test_centering_leaves_in_batch_loss_unchanged():
 
 def test_queue_size_auto_is_capped_by_catalogue():
   assert resolve_queue_size(LossConfig(queue_size=-1), 256, 100_000) == 2048
-  assert resolve_queue_size(LossConfig(queue_size=-1), 256, 1000) == 500
-  assert resolve_queue_size(LossConfig(queue_size=0), 256, 1000) == 0
+  assert resolve_queue_size(LossConfig(queue_size=-1), 256, 4000) == 500
+  assert resolve_queue_size(LossConfig(queue_size=-1), 512, 1682) == 0   # MovieLens-100K
+  assert resolve_queue_size(LossConfig(queue_size=0), 256, 100_000) == 0
+  assert resolve_queue_size(LossConfig(queue_size=300), 256, 1000) == 300
 
 
 def test_bad_temperature_is_rejected():

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from twotower.model.replicas import ONLY_FIRST_REPLICA as _ONE, scatter_update
+
 
 class StaticFrequency(tf.Module):
   """log q from a count table over the whole training log (known in advance)."""
@@ -53,12 +55,13 @@ class StreamingFrequencyEstimator(tf.Module):
     if not 0 < learning_rate <= 1:
       raise ValueError(f"learning_rate must be in (0, 1], got {learning_rate}")
     self.num_buckets, self.num_hashes, self.learning_rate = num_buckets, num_hashes, learning_rate
-    self.step = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="step")
+    self.step = tf.Variable(tf.constant(0, tf.int64), trainable=False, aggregation=_ONE,
+                            name="step")
     self.last_seen = tf.Variable(tf.zeros([num_hashes, num_buckets], tf.int64),
-                                 trainable=False, name="A")
+                                 trainable=False, aggregation=_ONE, name="A")
     # Unseen buckets start with a gap as long as the table: a small, finite probability.
     self.gap = tf.Variable(tf.fill([num_hashes, num_buckets], float(num_buckets)),
-                           trainable=False, name="B")
+                           trainable=False, aggregation=_ONE, name="B")
 
   def _buckets(self, ids: tf.Tensor) -> tf.Tensor:
     """[num_hashes, n] bucket of each id under each hash."""
@@ -85,8 +88,8 @@ class StreamingFrequencyEstimator(tf.Module):
     updated = (1.0 - rate) * tf.gather_nd(self.gap, index) + rate * since / counts
     # A bucket's first sighting replaces the arbitrary initial gap outright.
     updated = tf.where(tf.equal(last, 0), since / counts, updated)
-    self.gap.scatter_nd_update(index, updated)
-    self.last_seen.scatter_nd_update(index, tf.fill(tf.shape(buckets), self.step.read_value()))
+    scatter_update(self.gap, index, updated)
+    scatter_update(self.last_seen, index, tf.fill(tf.shape(buckets), self.step.read_value()))
 
   def probability(self, ids: tf.Tensor) -> tf.Tensor:
     """Estimated occurrences per step of each id."""

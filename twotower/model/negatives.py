@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from twotower.model.replicas import ONLY_FIRST_REPLICA as _ONE, scatter_update
+
 EMPTY_ID = -1
 
 
@@ -20,11 +22,15 @@ class CrossBatchQueue(tf.Module):
     if size <= 0:
       raise ValueError(f"queue size must be positive, got {size}")
     self.size = size
-    self.embeddings = tf.Variable(tf.zeros([size, dim]), trainable=False, name="embeddings")
-    self.ids = tf.Variable(tf.fill([size], EMPTY_ID), trainable=False, name="ids")
-    self.log_q = tf.Variable(tf.zeros([size]), trainable=False, name="log_q")
+    self.embeddings = tf.Variable(tf.zeros([size, dim]), trainable=False,
+                                  aggregation=_ONE, name="embeddings")
+    self.ids = tf.Variable(tf.fill([size], EMPTY_ID), trainable=False, aggregation=_ONE,
+                           name="ids")
+    self.log_q = tf.Variable(tf.zeros([size]), trainable=False, aggregation=_ONE,
+                             name="log_q")
     # Total entries ever written; the next write goes to slot (count mod size).
-    self.count = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="count")
+    self.count = tf.Variable(tf.constant(0, tf.int64), trainable=False, aggregation=_ONE,
+                             name="count")
 
   def enqueue(self, embeddings: tf.Tensor, ids: tf.Tensor, log_q: tf.Tensor) -> None:
     """Appends a batch, evicting the oldest entries (only the newest `size` of a larger batch
@@ -35,9 +41,9 @@ class CrossBatchQueue(tf.Module):
     ids, log_q = ids[n - keep:], tf.stop_gradient(log_q[n - keep:])
     slots = (self.count + (n - keep) + tf.range(keep, dtype=tf.int64)) % self.size
     slots = slots[:, None]
-    self.embeddings.scatter_nd_update(slots, embeddings)
-    self.ids.scatter_nd_update(slots, tf.cast(ids, self.ids.dtype))
-    self.log_q.scatter_nd_update(slots, log_q)
+    scatter_update(self.embeddings, slots, embeddings)
+    scatter_update(self.ids, slots, tf.cast(ids, self.ids.dtype))
+    scatter_update(self.log_q, slots, log_q)
     self.count.assign_add(n)
 
   def ordered(self):

@@ -1,0 +1,123 @@
+"""Training throughput: the canonical TFRS setup vs twotower, side by side in one process.
+
+(a) canonical: ``tfrs.Model`` + ``tfrs.tasks.Retrieval`` (in-batch softmax, no metrics),
+    trained with ``model.fit`` -- the TFRS tutorials' way;
+(b) twotower in-batch (queue off);
+(c) twotower CBNS with M = 8B.
+All three use the same towers, data and batch size; rounds are interleaved so that machine
+noise hits all of them alike. Prints median examples/s and the ratios.
+
+  python experiments/bench_train.py --dataset=movielens-100k --batch_size=512 --rounds=3
+"""
+import twotower  # noqa: F401
+
+import json
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+from absl import app, flags
+
+from twotower.config import Config
+from twotower.data import pipeline
+from twotower.data import prepare as prepare_lib
+from twotower.model import retrieval
+from twotower.model.towers import ItemTower, UserTower
+
+flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
+flags.DEFINE_integer("batch_size", 512, "Batch size for all variants.")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds (one epoch each).")
+flags.DEFINE_integer("synthetic_items", 20000, "Synthetic corpus size.")
+flags.DEFINE_integer("synthetic_interactions", 300000, "Synthetic log size.")
+FLAGS = flags.FLAGS
+
+
+class CanonicalTFRS(tfrs.Model):
+  """The tutorial model: towers + tfrs.tasks.Retrieval, nothing else."""
+
+  def __init__(self, user_tower, item_tower):
+    super().__init__()
+    self.user_tower, self.item_tower = user_tower, item_tower
+    self.task = tfrs.tasks.Retrieval()
+
+  def compute_loss(self, features, training=False):
+    return self.task(self.user_tower(features["user"], training=training),
+                     self.item_tower(features["item"], training=training),
+                     compute_metrics=False)
+
+
+def _dataset(data, config, epoch):
+  return pipeline.training_dataset(data, batch_size=config.train.batch_size,
+                                   history_length=config.data.history_length,
+                                   seed=0, epoch=epoch)
+
+
+def _canonical(data, config):
+  tf_keras.utils.set_random_seed(0)
+  item = ItemTower(len(data.item_vocab), data.item_features.specs, config.model)
+  user = UserTower(len(data.user_vocab), data.user_features.specs, config.model,
+                   item.id_embedding)
+  model = CanonicalTFRS(user, item)
+  model.compile(optimizer=tf_keras.optimizers.Adam(config.train.learning_rate))
+
+  def epoch(e):
+    model.fit(_dataset(data, config, e), epochs=1, verbose=0)
+  return epoch
+
+
+def _twotower(data, config, queue_size):
+  config.loss.queue_size = queue_size
+  config.loss.queue_warmup_steps = 0
+  tf_keras.utils.set_random_seed(0)
+  model = retrieval.build_retrieval_model(data, config)
+  optimizer = tf_keras.optimizers.Adam(config.train.learning_rate)
+  model.compile(optimizer=optimizer)
+  model.compute_loss(next(iter(_dataset(data, config, 0))))
+  optimizer.build(model.trainable_variables)
+  step = tf.function(model.train_step, reduce_retracing=True)
+
+  def epoch(e):
+    for batch in _dataset(data, config, e):
+      out = step(batch)
+    float(out["loss"])
+  return epoch
+
+
+def main(argv):
+  del argv
+  config = Config()
+  config.data.dataset = FLAGS.dataset
+  config.data.synthetic_items = FLAGS.synthetic_items
+  config.data.synthetic_interactions = FLAGS.synthetic_interactions
+  config.train.batch_size = FLAGS.batch_size
+  data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  examples = int((data.events.split == 0).sum())
+  variants = {
+      "canonical_tfrs": _canonical(data, Config.from_dict(json.loads(config.to_json()))),
+      "twotower_in_batch": _twotower(data, Config.from_dict(json.loads(config.to_json())), 0),
+      "twotower_cbns_8B": _twotower(data, Config.from_dict(json.loads(config.to_json())),
+                                    8 * FLAGS.batch_size),
+  }
+  for fn in variants.values():      # warm-up: tracing and first-epoch allocation
+    fn(0)
+  rates = {name: [] for name in variants}
+  for r in range(FLAGS.rounds):
+    for name, fn in variants.items():
+      start = time.perf_counter()
+      fn(r + 1)
+      rates[name].append(examples / (time.perf_counter() - start))
+  med = {k: statistics.median(v) for k, v in rates.items()}
+  result = {
+      "dataset": FLAGS.dataset, "batch_size": FLAGS.batch_size, "examples_per_epoch": examples,
+      "median_examples_per_second": {k: round(v) for k, v in med.items()},
+      "twotower_in_batch_over_canonical": round(med["twotower_in_batch"] / med["canonical_tfrs"], 3),
+      "cbns_step_time_over_in_batch": round(med["twotower_in_batch"] / med["twotower_cbns_8B"], 3),
+  }
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

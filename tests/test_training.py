@@ -1,0 +1,152 @@
+"""End-to-end retrieval training on small data: quality, resume, divergence recovery."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from twotower.config import Config
+from twotower.data import prepare as prepare_lib
+from twotower.train import loop
+from twotower.train.stability import DivergenceError
+
+
+def small_config(**overrides) -> Config:
+  config = Config()
+  config.data.dataset = "synthetic"
+  config.data.synthetic_users = 600
+  config.data.synthetic_items = 400
+  config.data.synthetic_interactions = 24_000
+  config.train.batch_size = 256
+  config.train.epochs = 6
+  config.train.progress = False
+  config.loss.queue_size = 512
+  config.loss.queue_warmup_steps = 20
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    setattr(getattr(config, section), name, value)
+  return config
+
+
+@pytest.fixture(scope="module")
+def synthetic_data():
+  config = small_config()
+  return prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+
+
+@pytest.fixture(scope="module")
+def clean_run(synthetic_data, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("clean"))
+  return loop.train(small_config(), workdir, synthetic_data), workdir
+
+
+def test_synthetic_run_beats_most_popular(clean_run):
+  final = clean_run[0]["final"]
+  model, popular = final["test"]["recall@20"], final["most_popular_test"]["recall@20"]
+  assert model > 1.5 * popular and model - popular > 0.05, (model, popular)
+
+
+def test_metrics_json_records_every_epoch_and_the_final_split(clean_run):
+  log, workdir = clean_run
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    on_disk = json.load(f)
+  assert [e["epoch"] for e in on_disk["epochs"]] == list(range(len(on_disk["epochs"])))
+  for key in ("recall@20", "ndcg@20", "hit_rate@20", "mrr"):
+    assert key in on_disk["final"]["test"]
+  assert on_disk["data"]["skipped_rows"] == 0
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_training_is_deterministic_under_seed(clean_run, synthetic_data, tmp_path):
+  config = small_config(train__epochs=1)
+  a = loop.train(config, str(tmp_path / "a"), synthetic_data)["epochs"][0]
+  b = loop.train(config, str(tmp_path / "b"), synthetic_data)["epochs"][0]
+  assert a["loss"] == b["loss"]
+  assert a["valid"] == b["valid"]
+
+
+def test_rerun_resumes_instead_of_restarting(synthetic_data, tmp_path):
+  config = small_config(train__epochs=2)
+  first = loop.train(config, str(tmp_path), synthetic_data)
+  config.train.epochs = 3
+  log = loop.train(config, str(tmp_path), synthetic_data)
+  assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2]
+  assert log["epochs"][:2] == first["epochs"]          # epochs 0-1 were not trained again
+  assert log["final"]["steps"] == log["epochs"][-1]["step"] == 3 * first["epochs"][0]["step"]
+
+
+class _Faulty:
+  """Wraps a train step: at the given steps its loss is replaced (NaN) or multiplied (spike)
+  *and* the weights are really damaged, as a poisoned batch would."""
+
+  def __init__(self, trainer, faults):
+    self._trainer, self._step, self._faults, self._calls = trainer, trainer.train_step, faults, 0
+
+  def __call__(self, batch):
+    out = self._step(batch)
+    self._calls += 1
+    fault = self._faults.get(self._calls)
+    if fault is None:
+      return out
+    for v in self._trainer.model.user_tower.trainable_variables[:1]:
+      v.assign(v * (np.nan if fault == "nan" else 50.0))
+    loss = out["loss"] * (np.nan if fault == "nan" else 100.0)
+    return dict(out, loss=loss)
+
+
+def test_divergence_guard_recovers_from_nan_and_spike(clean_run, synthetic_data, tmp_path):
+  config = small_config(train__checkpoint_every_steps=20)
+  trainer = loop.Trainer(config, str(tmp_path), synthetic_data)
+  trainer.train_step = _Faulty(trainer, {45: "nan", 130: "spike"})
+  log = trainer.run()
+  events = log["divergence_events"]
+  assert [e["reason"].split()[0] for e in events] == ["non-finite", "loss"]
+  assert log["final"]["recoveries"] == 2
+  clean = clean_run[0]["final"]["test"]["recall@20"]
+  assert abs(log["final"]["test"]["recall@20"] - clean) < 0.05 * max(clean, 0.1) + 0.02
+
+
+def test_divergence_guard_gives_up_after_max_recoveries(synthetic_data, tmp_path):
+  config = small_config(train__checkpoint_every_steps=10, train__max_recoveries=1)
+  trainer = loop.Trainer(config, str(tmp_path), synthetic_data)
+  trainer.train_step = _Faulty(trainer, {15: "nan", 25: "nan"})
+  with pytest.raises(DivergenceError, match="max_recoveries"):
+    trainer.run()
+
+
+def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
+  """A real SIGKILL mid-epoch: the rerun loses at most the steps since the last checkpoint
+  and ends with the clean run's metrics."""
+  workdir = str(tmp_path / "run")
+  args = [sys.executable, "-m", "twotower.cli.train", f"--workdir={workdir}",
+          "--dataset=synthetic", "--synthetic_users=600", "--synthetic_items=400",
+          "--synthetic_interactions=24000", "--batch_size=256", "--epochs=6",
+          "--queue_size=512", "--queue_warmup_steps=20", "--checkpoint_every_steps=25",
+          "--noprogress"]
+  proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 240
+  # Wait until a mid-epoch checkpoint (step 50 is inside epoch 1 of 74 steps) exists.
+  while time.time() < deadline and proc.poll() is None:
+    if tf.train.latest_checkpoint(ckpt_dir) and int(
+        tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1]) >= 100:
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, "training ended before it could be killed"
+  killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                 timeout=600)
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    resumed = json.load(f)
+  clean = clean_run[0]
+  assert killed_at % 25 == 0
+  assert resumed["final"]["steps"] == clean["final"]["steps"]
+  np.testing.assert_allclose(resumed["final"]["test"]["recall@20"],
+                             clean["final"]["test"]["recall@20"], atol=0.01)
