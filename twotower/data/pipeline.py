@@ -45,7 +45,7 @@ class FeatureGather:
 
 def training_dataset(data: PreparedData, *, batch_size: int, history_length: int,
                      seed: int, epoch: int = 0, id_dropout: float = 0.0,
-                     skip_batches: int = 0) -> tf.data.Dataset:
+                     skip_batches: int = 0, drop_remainder: bool = False) -> tf.data.Dataset:
   """One epoch of training batches; the order is a function of (seed, epoch) only, so a
   resumed run sees exactly the batches the interrupted one would have."""
   ev = data.events
@@ -69,18 +69,18 @@ def training_dataset(data: PreparedData, *, batch_size: int, history_length: int
     history = gather_history(items, tf.gather(starts, idx), tf.gather(ends, idx), history_length)
     return {"user": gather.user(user_ids, history), "item": gather.item(tf.gather(items, idx))}
 
-  steps_per_epoch = -(-len(train_idx) // batch_size)
-  ds = tf.data.Dataset.from_tensor_slices(train_idx).batch(batch_size)
-  ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(epoch * steps_per_epoch,
-                                                     (epoch + 1) * steps_per_epoch))
+  steps = steps_per_epoch(data, batch_size, drop_remainder)
+  ds = tf.data.Dataset.from_tensor_slices(train_idx).batch(batch_size,
+                                                           drop_remainder=drop_remainder)
+  ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(epoch * steps, (epoch + 1) * steps))
   ds = ds.skip(skip_batches)
   ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def steps_per_epoch(data: PreparedData, batch_size: int) -> int:
+def steps_per_epoch(data: PreparedData, batch_size: int, drop_remainder: bool = False) -> int:
   n = int((data.events.split == splits_lib.TRAIN).sum())
-  return -(-n // batch_size)
+  return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
 def batched(features: dict, batch_size: int):

@@ -42,6 +42,20 @@ LABEL_COLUMNS = ("label", "rating")   # first one present wins
 _NEWLINE, _CR, _QUOTE = 10, 13, 34
 
 
+def _byte_table(values) -> np.ndarray:
+  table = np.zeros(256, bool)
+  table[list(values)] = True
+  return table
+
+
+# Bytes that may begin / end a character that ``str.strip`` removes: ASCII whitespace,
+# and the first / last byte of the UTF-8 (or Latin-1) encodings of Unicode spaces.
+_ASCII_SPACE = [9, 10, 11, 12, 13, 28, 29, 30, 31, 32]
+_MAY_BEGIN_SPACE = _byte_table(_ASCII_SPACE + [0x85, 0xA0, 0xC2, 0xE1, 0xE2, 0xE3])
+_MAY_END_SPACE = _byte_table(_ASCII_SPACE + list(range(0x80, 0x8B)) +
+                             [0x9F, 0xA0, 0xA8, 0xA9, 0xAF])
+
+
 # ----------------------------------------------------------------------------------------
 # Bookkeeping of skipped rows.
 
@@ -105,6 +119,8 @@ class _Layout:
   # False when quotes were followed by parity alone: a stray quote inside a field could
   # have misled the scan, so any anomaly is re-checked with the csv module.
   trusted: bool = True
+  # True when no value can start or end with whitespace, so stripping can be skipped.
+  clean: bool = False
 
 
 def _read_bytes(path: str) -> bytes:
@@ -184,6 +200,7 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
     lines = np.arange(1, len(starts) + 1)
   seps = np.flatnonzero(separator)
   num_fields = np.searchsorted(seps, content_end) - np.searchsorted(seps, starts) + 1
+  clean = not quoted and not _may_need_strip(arr, seps, starts, content_end, delimiter)
   undecodable = (np.isin(lines, bad_lines) if bad_lines.size
                  else np.zeros(len(lines), bool))
   if quoted and bad_lines.size:   # a record may span lines; any bad one spoils it
@@ -222,7 +239,23 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
     return [frame[i].to_numpy(dtype=object) for i in range(width)]
 
   return _Layout(header, header_line, lines, num_fields[nonblank],
-                 undecodable[nonblank], parse, trusted=not quoted)
+                 undecodable[nonblank], parse, trusted=not quoted, clean=clean)
+
+
+def _may_need_strip(arr: np.ndarray, seps: np.ndarray, starts: np.ndarray,
+                    content_end: np.ndarray, delimiter: str) -> bool:
+  """Whether some unquoted field may begin or end with whitespace (false alarms are ok).
+
+  Looks only at the bytes next to field boundaries, so that the common case of clean
+  data skips a per-value ``str.strip`` that would cost more than the parsing.
+  """
+  def check(positions: np.ndarray, table: np.ndarray) -> bool:
+    positions = positions[(positions >= 0) & (positions < len(arr))]
+    values = arr[positions]
+    return bool((table[values] & (values != ord(delimiter)) & (values != _NEWLINE)).any())
+
+  return (check(np.concatenate([starts, seps + 1]), _MAY_BEGIN_SPACE) or
+          check(np.concatenate([content_end - 1, seps - 1]), _MAY_END_SPACE))
 
 
 class _LayoutMismatch(Exception):
@@ -250,7 +283,9 @@ def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
     lines.append(start)
     undecodable.append(bool(bad_lines.size) and any(surrogate.search(v) for v in row))
   header, header_line = None, 0
-  if has_header and rows:
+  if has_header:
+    if not rows:
+      raise DataError("the file is empty; expected a header row", path=path, line=1)
     header, header_line = rows.pop(0), lines.pop(0)
     if undecodable.pop(0):
       raise DataError(f"the header row is not valid {encoding.upper()}", path=path,
@@ -330,13 +365,17 @@ def _records(layout: _Layout, path: str, names: list[str], *, has_header: bool,
 
   keep &= _fail_or_skip(ragged, lines, allow_bad_rows=allow_bad_rows, skips=skips,
                         reason="with the wrong number of fields", error=ragged_error)
+  if not keep.any():
+    return lines[keep], {name: np.zeros(0, dtype=object) for name in names}
   try:
     raw = layout.parse(keep, width)
   except pd.errors.ParserError as e:
     if layout.trusted:
       raise DataError(f"cannot parse: {e}", path=path) from None
     raise _LayoutMismatch() from None
-  return lines[keep], {name: _strip(col) for name, col in zip(names, raw)}
+  if not layout.clean:
+    raw = [_strip(col) for col in raw]
+  return lines[keep], dict(zip(names, raw))
 
 
 def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,

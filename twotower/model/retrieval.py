@@ -27,24 +27,24 @@ from twotower.model.towers import ItemTower, UserTower
 MASKED_LOGIT = -1e9
 
 
-def history_mask(history: tf.Tensor, candidate_ids: tf.Tensor) -> tf.Tensor:
-  """[B, C] bool: is candidate c among row b's history items (PAD never matches)?
+def membership_pairs(sets: tf.Tensor, candidate_ids: tf.Tensor) -> tf.Tensor:
+  """[P, 2] (row b, column c) pairs where candidate c's id is among row b's ``sets`` [B, K]
+  (PAD never matches).
 
-  Comparing [B, L] with [C] directly costs L passes over [B, C]. Instead the ids seen in the
-  batch are numbered once (tf.unique), each row's history is scattered into a [B, U] bitmap
-  and the candidates' columns are gathered: one pass over [B, U] and one over [B, C].
+  A dense [B, K] x [C] comparison costs K passes over [B, C], and a [B, C] bitmap costs a
+  transpose or a strided gather. Sorting the C candidate ids once and binary-searching each
+  of the B x K set ids gives the matching columns directly: O(C log C + BK log C + P).
   """
-  batch, length = tf.shape(history)[0], tf.shape(history)[1]
-  flat_history = tf.reshape(history, [-1])
-  unique, position = tf.unique(tf.concat([flat_history, tf.cast(candidate_ids, history.dtype)], 0))
-  history_pos = position[:batch * length]
-  rows = tf.repeat(tf.range(batch), length)
-  keep = tf.not_equal(flat_history, PAD)
-  indices = tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(history_pos, keep)], axis=1)
-  bitmap = tf.scatter_nd(indices,
-                         tf.ones(tf.shape(indices)[:1], tf.int8),
-                         tf.stack([batch, tf.shape(unique)[0]]))
-  return tf.gather(bitmap > 0, position[batch * length:], axis=1)
+  width = tf.shape(sets)[1]
+  flat = tf.reshape(sets, [-1])
+  order = tf.argsort(candidate_ids, stable=True)
+  sorted_ids = tf.gather(tf.cast(candidate_ids, sets.dtype), order)
+  starts = tf.searchsorted(sorted_ids, flat, side="left")
+  ends = tf.searchsorted(sorted_ids, flat, side="right")
+  ends = tf.where(tf.equal(flat, PAD), starts, ends)
+  columns = tf.gather(order, tf.ragged.range(starts, ends).flat_values)
+  rows = tf.repeat(tf.range(tf.size(flat)) // width, ends - starts)
+  return tf.stack([rows, tf.cast(columns, rows.dtype)], axis=1)
 
 
 def resolve_queue_size(config: LossConfig, batch_size: int, num_items: int) -> int:
@@ -113,24 +113,28 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
       warm = tf.constant(True) if step is None else step >= cfg.queue_warmup_steps
       queue_ok = tf.logical_and(tf.not_equal(self.queue.ids, EMPTY_ID), warm)
       usable = tf.concat([in_batch, queue_ok], axis=0)[None, :]
-    logits = scores / cfg.temperature
-    if cfg.logq:
-      logits -= all_log_q[None, :]
+    # Per-candidate terms fold into one bias vector: log q, and a huge value for queue
+    # slots that are empty or still warming up.
+    bias = all_log_q if cfg.logq else tf.zeros_like(all_log_q)
+    if usable is not None:
+      bias += tf.where(usable[0], 0.0, -MASKED_LOGIT)
+    logits = scores * (1.0 / cfg.temperature) - bias[None, :]
 
     batch = tf.shape(query)[0]
-    num_candidates = tf.shape(all_ids)[0]
     labels = tf.range(batch) + label_offset
-    is_label = tf.equal(tf.range(num_candidates)[None, :], labels[:, None])
     positive_ids = tf.gather(candidate_ids, labels)
-    known_positive = tf.zeros_like(is_label)
+    known = []   # per row: ids that are positives, never negatives
     if cfg.mask_accidental_hits:
-      known_positive |= tf.equal(all_ids[None, :], positive_ids[:, None])
+      known.append(positive_ids[:, None])
     if cfg.mask_history and history is not None:
-      known_positive |= history_mask(history, all_ids)
-    masked = known_positive & ~is_label
-    if usable is not None:
-      masked |= ~usable
-    return tf.where(masked, tf.constant(MASKED_LOGIT, logits.dtype), logits)
+      known.append(tf.cast(history, positive_ids.dtype))
+    if known:
+      pairs = membership_pairs(tf.concat(known, axis=1), all_ids)
+      # The label column itself stays: it is the row's positive, not a negative.
+      pairs = tf.boolean_mask(pairs, tf.not_equal(pairs[:, 1], tf.gather(labels, pairs[:, 0])))
+      logits = tf.tensor_scatter_nd_update(
+          logits, pairs, tf.fill(tf.shape(pairs)[:1], tf.constant(MASKED_LOGIT, logits.dtype)))
+    return logits
 
   def call(self, query, candidates, candidate_ids, candidate_log_q, history=None, step=None,
            label_offset=0, global_batch_size=None):

@@ -96,15 +96,18 @@ class Trainer:
     self.config, self.data, self.wd = config, data, Workdir(workdir)
     t = config.train
     tf_keras.utils.set_random_seed(t.seed)
-    self.model = retrieval.build_retrieval_model(data, config)
-    self.optimizer = make_optimizer(t.optimizer, t.learning_rate, t.global_clipnorm)
-    self.model.compile(optimizer=self.optimizer)
-    # Weights and optimizer slots exist before tracing, so that the step can apply its
-    # gradients inside a tf.cond (skipped when they are not finite).
-    sample = pipeline.training_dataset(data, batch_size=2, history_length=config.data.history_length,
-                                       seed=t.seed)
-    self.model.compute_loss(next(iter(sample)))
-    self.optimizer.build(self.model.trainable_variables)
+    self.strategy = make_strategy(t.distribution)
+    self.distributed = self.strategy.num_replicas_in_sync > 1
+    with self.strategy.scope():
+      self.model = retrieval.build_retrieval_model(data, config)
+      self.optimizer = make_optimizer(t.optimizer, t.learning_rate, t.global_clipnorm)
+      self.model.compile(optimizer=self.optimizer)
+      # Weights and optimizer slots exist before tracing, so that the step can apply its
+      # gradients inside a tf.cond (skipped when they are not finite).
+      sample = pipeline.training_dataset(data, batch_size=2, seed=t.seed,
+                                         history_length=config.data.history_length)
+      self.model.compute_loss(next(iter(sample)))
+      self.optimizer.build(self.model.trainable_variables)
     self.state = _LoopState()
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                           state=self.state)
@@ -112,10 +115,18 @@ class Trainer:
                                               max_to_keep=3)
     self.best_checkpoint = tf.train.Checkpoint(model=self.model)
     self.log = _load_metrics(self.wd, config, data)
-    self.steps_per_epoch = pipeline.steps_per_epoch(data, t.batch_size)
-    self.train_step = tf.function(self.model.train_step, reduce_retracing=True)
+    # Replicas need equal slices (the global batch splits evenly): the last partial batch
+    # of an epoch is left out there; the order is reshuffled every epoch.
+    self.steps_per_epoch = pipeline.steps_per_epoch(data, t.batch_size, self.distributed)
+    self.num_train = int((data.events.split == splits.TRAIN).sum())
+    self.train_step = tf.function(self._replicated_step, reduce_retracing=True)
     self.writer = tf.summary.create_file_writer(self.wd.tensorboard)
     self.guard = DivergenceGuard(t.divergence_spike_factor)
+
+  def _replicated_step(self, batch):
+    out = self.strategy.run(self.model.train_step, args=(batch,))
+    return {"loss": self.strategy.reduce("SUM", out["loss"], axis=None),
+            "grad_norm": self.strategy.reduce("MAX", out["grad_norm"], axis=None)}
 
   # -- checkpoints -----------------------------------------------------------------------
   def restore_latest(self) -> bool:
@@ -159,7 +170,9 @@ class Trainer:
       dataset = pipeline.training_dataset(
           self.data, batch_size=t.batch_size, history_length=self.config.data.history_length,
           seed=t.seed, epoch=epoch, id_dropout=self.config.model.id_dropout,
-          skip_batches=skip)
+          skip_batches=skip, drop_remainder=self.distributed)
+      if self.distributed:
+        dataset = self.strategy.experimental_distribute_dataset(dataset)
       diverged = False
       for batch in dataset:
         out = self.train_step(batch)
@@ -169,9 +182,9 @@ class Trainer:
           self._recover(reason)
           diverged = True
           break
-        self.state.batches_done.assign_add(1)
         losses.append(loss)
-        seen += int(tf.shape(batch["item"]["item_id"])[0])
+        seen += min(t.batch_size, self.num_train - int(self.state.batches_done) * t.batch_size)
+        self.state.batches_done.assign_add(1)
         step = int(self.optimizer.iterations)
         progbar.add(1, [("loss", float(np.mean(losses[-50:])))])
         if step % 10 == 0:
@@ -257,6 +270,15 @@ class Trainer:
   def _step_limit_reached(self) -> bool:
     limit = self.config.train.step_limit
     return limit > 0 and int(self.optimizer.iterations) >= limit
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """The tf.distribute strategy a --distribution value names."""
+  if name == "none":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  raise ValueError(f"--distribution must be 'none' or 'mirrored', got {name!r}")
 
 
 def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData] = None) -> dict:
