@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""File helpers: atomic writes (a reader sees the old file or the new one, never half of one)
+and manifest paths that cannot leave their directory."""
 from __future__ import annotations
 
 import json
@@ -29,3 +30,17 @@ def atomic_write_json(path: str, obj) -> None:
 def read_json(path: str):
   with open(path) as f:
     return json.load(f)
+
+
+def resolve_inside(root: str, relative: str) -> str:
+  """``root/relative`` for a '/'-separated path from a manifest, refusing one that would
+  leave ``root`` (absolute, '..', or a symlink pointing out): a tampered manifest must not
+  make a loader read or hash files elsewhere."""
+  parts = str(relative).split("/")
+  if not relative or os.path.isabs(relative) or "\\" in relative or ".." in parts:
+    raise ValueError(f"path {relative!r} in a manifest of {root} leaves that directory")
+  path = os.path.join(root, *parts)
+  real_root = os.path.realpath(root)
+  if os.path.commonpath([os.path.realpath(path), real_root]) != real_root:
+    raise ValueError(f"path {relative!r} in a manifest of {root} resolves outside it")
+  return path

@@ -7,32 +7,36 @@ download, and to plant a feature cross that a ranking head can exploit.
 Generative model (all under one seed):
   * K cluster centroids ``c_k``: random unit vectors in R^d.
   * Item ``i`` has a cluster ``k_i`` (uniform) and a price bucket ``b_i`` (a per-cluster
-    Dirichlet mix), factor ``v_i = c_{k_i} + r_i`` with ``r_i ~ N(0, item_noise^2 / d)``.
-    Within each (cluster, price bucket) group the items have power-law popularity in a
-    random rank, scaled by a log-normal group weight: the prior ``p_i`` is Zipf-like over
-    the catalogue (``p ∝ rank^-popularity_exponent``).
-  * User ``u = c_a + w c_b + N(0, user_noise^2 / d)`` (a primary and a weaker secondary
-    interest); ``segment = argmax_k u·c_k``; ``region`` is ``segment mod num_regions``,
-    replaced by a random region with probability ``region_noise``.
-  * Each event of user ``u`` picks item ``i`` with probability approximately
-
-        P(i | u) ∝ p_i · exp(u·v_i / τ + λ [b_i == preferred_bucket(region_u)])
-
-    (τ = ``affinity_temperature``, λ = ``nonlinear_weight``). The λ term is a pure cross
-    of a user feature and an item feature: every bucket is preferred by as many regions as
-    any other, so neither feature has a main effect. A ranking head that crosses region
-    and price learns it directly; towers can only fold it into their embeddings.
-  * Sampling is scalable and vectorised: cluster (exact per-user softmax), price bucket
-    (exact), then the item within the group by sampling-importance-resampling: a few
-    popularity draws, Gumbel-max over ``u·r_i / τ``. The first two steps replace the
-    within-group average of ``exp(u·r_i / τ)`` by a group-independent constant, which is
-    the "approximately" above. ``SyntheticData.scores`` gives the exact right-hand side.
+    Dirichlet mix); its factor is ``v_i = c_{k_i} + r_i``, where the residual varies along
+    ``residual_rank`` random directions of its cluster (sub-genres), ``E|r_i|^2 =
+    item_noise^2``.
+  * Popularity prior ``p_i``: each (cluster, price bucket) group gets a Zipf weight (random
+    group order, log-normal jitter) and its items a power law in a random rank within the
+    group; the products are Zipf-like over the catalogue, ``p ∝ rank^-popularity_exponent``.
+  * User ``u = c_a + w c_b + noise`` (a primary and a weaker secondary interest);
+    ``segment = argmax_k u·c_k``; ``region = segment mod num_regions``, replaced by a
+    random region with probability ``region_noise``. Events per user: at least
+    ``min_user_interactions`` plus a Zipf share, at most ``max_user_fraction`` of the items.
+  * An event of user ``u`` picks a group ``g = (k, b)`` with probability ∝
+    ``m_g exp(u·c_k / τ + λ [b == preferred_bucket(region_u)])`` (``m_g``: the group's
+    prior mass; exact per-user softmax), then an item of the group with probability ∝
+    ``p_i exp(u·r_i / τ)`` (importance resampling: ``candidates`` draws from the prior,
+    Gumbel-max). So ``P(i | u) ≈ p_i exp(u·v_i / τ + λ [...]) / Z_g(u)``, where ``Z_g(u)``,
+    the prior-weighted mean of ``exp(u·r / τ)`` over the group, hardly varies unless τ is
+    small; ``SyntheticData.log_probs`` gives it exactly: the oracle for evaluation.
+  * The λ term (``nonlinear_weight``) is a pure cross of a user feature and an item
+    feature: every bucket is some region's favourite, as many regions' as any other, so
+    neither feature has a main effect. A ranking head crossing region and price learns it
+    directly; towers must fold it into their embeddings.
+  * Repeated (user, item) pairs are redrawn a few times, so a log looks like ratings
+    (heavy users in small catalogues keep a few repeats); this slightly flattens the
+    distribution of heavy users relative to ``log_probs``.
   * Labels are 1-5 ratings from the standardised affinity plus noise. Timestamps spread
     each user's events over a random active period; a few share a second.
 
 Output is grouped by user, time-ordered within user; ids are "u<k>" / "i<k>" where k is
-the row in the ground-truth arrays. Generation is deterministic given the config (the
-thread count does not change the result) and runs in chunks on a thread pool.
+the row in the ground-truth arrays. Generation is vectorised, runs in chunks on a thread
+pool and is deterministic given the config (the thread count does not change the result).
 """
 from __future__ import annotations
 
@@ -56,17 +60,19 @@ class SyntheticConfig:
   latent_dim: int = 16
   num_clusters: int = 20
   popularity_exponent: float = 1.0      # item prior p ∝ rank^-exponent (0: uniform)
-  affinity_temperature: float = 0.25    # τ: smaller means more peaked preferences
+  affinity_temperature: float = 0.2     # τ: smaller means more peaked preferences
   nonlinear_weight: float = 0.0         # λ of the region × price-bucket cross
   seed: int = 0
   start_time: int = 1_600_000_000
   time_span: int = 365 * 86400          # seconds covered by the log
   user_activity_exponent: float = 0.5   # events per user: 3 + Zipf(exponent) share
   min_user_interactions: int = 3
+  max_user_fraction: float = 0.5        # cap on a user's events, as a share of the items
   user_noise: float = 0.5
   secondary_interest: float = 0.6       # max weight of a user's second cluster
   item_noise: float = 0.5
-  group_weight_sigma: float = 0.5       # log-normal spread of group popularity
+  residual_rank: int = 4                # directions along which a cluster's items vary
+  group_weight_sigma: float = 0.3       # log-normal jitter of group popularity
   price_concentration: float = 2.0      # Dirichlet concentration of price mix per cluster
   num_price_buckets: int = 5
   num_regions: int = 8
@@ -77,13 +83,14 @@ class SyntheticConfig:
   label_noise: float = 0.5
   tie_probability: float = 0.03         # share of events in the same second as the previous
   candidates: int = 8                   # importance-resampling draws per event
-  resample_rounds: int = 3              # rounds that redraw repeated (user, item) pairs
+  resample_rounds: int = 8              # rounds that redraw repeated (user, item) pairs
   chunk_size: int = 131_072             # events per work unit (part of the seeding)
   num_threads: int = 0                  # 0: the CPUs available, at most 8
 
   def validate(self) -> None:
     positive = ("num_users", "num_items", "latent_dim", "num_clusters", "num_price_buckets",
-                "num_regions", "tags_per_cluster", "candidates", "chunk_size")
+                "residual_rank", "num_regions", "tags_per_cluster", "candidates",
+                "chunk_size")
     for name in positive:
       if getattr(self, name) < 1:
         raise ValueError(f"SyntheticConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -100,6 +107,8 @@ class SyntheticConfig:
     for name in ("region_noise", "category_noise", "tag_noise", "tie_probability"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"SyntheticConfig.{name} must be in [0, 1]")
+    if not 0.0 < self.max_user_fraction:
+      raise ValueError("SyntheticConfig.max_user_fraction must be > 0")
     if self.time_span < 1:
       raise ValueError("SyntheticConfig.time_span must be >= 1 second")
 
@@ -122,21 +131,49 @@ class SyntheticData:
   cluster_centroids: np.ndarray     # float32 [num_clusters, d]
   config: SyntheticConfig
 
-  def scores(self, users: np.ndarray, items: Optional[np.ndarray] = None) -> np.ndarray:
-    """Ground-truth log-propensities [len(users), len(items)], up to a per-user constant.
+  def log_probs(self, users: np.ndarray) -> np.ndarray:
+    """log P(item | user) of the sampler, [len(users), num_items] float32: the oracle.
 
-    ``log p_i + u·v_i / τ + λ [b_i == preferred_bucket(region_u)]``: ranking by it is the
-    oracle that a learned model is compared with.
+    Memory is a few float32 [len(users), num_items] arrays: call it on batches of users.
+
+    The process picks a (cluster, price) group g with probability ∝
+    m_g exp(u·c_k / τ + λ [b == preferred_bucket(region_u)]) (m_g: the group's prior
+    mass), then an item of g with probability ∝ p_i exp(u·r_i / τ). This is exact up to
+    the importance resampling of the second step. Up to a per-user constant it equals
+    ``log p_i + u·v_i / τ + λ [...] - log Z_g(u)`` with ``Z_g(u)`` the prior-weighted mean
+    of ``exp(u·r / τ)`` over the group: close to the plain formula when τ is not small.
     """
-    users = np.asarray(users, np.int64)
-    items = np.arange(len(self.item_factors)) if items is None else np.asarray(items)
     cfg = self.config
-    s = (self.user_factors[users] @ self.item_factors[items].T) / cfg.affinity_temperature
-    s += np.log(self.item_popularity[items]).astype(np.float32)
+    users = np.asarray(users, np.int64)
+    u = self.user_factors[users]
+    centroid = self.cluster_centroids[self.item_cluster]
+    tau = cfg.affinity_temperature
+    within = (u @ (self.item_factors - centroid).T) / tau               # u·r_i / τ
+    group = self.item_cluster.astype(np.int64) * cfg.num_price_buckets + self.item_price_bucket
+    num_groups = cfg.num_clusters * cfg.num_price_buckets
+    # log(m_g Z_g(u)) = log sum_{i in g} p_i exp(u·r_i / τ): a stable log-sum-exp.
+    a = within + np.log(self.item_popularity)[None, :].astype(np.float32)
+    shift = a.max(axis=1, keepdims=True)
+    order = np.argsort(group, kind="stable")
+    sizes = np.bincount(group, minlength=num_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[sizes > 0]
+    sums = np.add.reduceat(np.exp(a - shift)[:, order], starts, axis=1)
+    log_mass_z = np.zeros((len(users), num_groups), np.float32)        # empty: unused
+    log_mass_z[:, sizes > 0] = np.log(sums) + shift                     # log(m_g Z_g(u))
+    # log P(g | u): the softmax of the first step.
+    mass = np.bincount(group, weights=self.item_popularity, minlength=num_groups)
+    with np.errstate(divide="ignore"):
+      log_mass = np.log(mass)
+    k = np.arange(num_groups) // cfg.num_price_buckets
+    b = np.arange(num_groups) % cfg.num_price_buckets
+    g_logit = (u @ self.cluster_centroids[k].T) / tau + log_mass[None, :]
     if cfg.nonlinear_weight:
       pref = self.preferred_bucket[self.user_region[users]]
-      s += cfg.nonlinear_weight * (pref[:, None] == self.item_price_bucket[items][None, :])
-    return s
+      g_logit = g_logit + cfg.nonlinear_weight * (b[None, :] == pref[:, None])
+    g_max = g_logit.max(axis=1, keepdims=True)
+    log_pg = g_logit - (g_max + np.log(np.exp(g_logit - g_max).sum(axis=1, keepdims=True)))
+    # log P(i | u) = log P(g | u) + log p_i + u·r_i / τ - log(m_g Z_g(u)).
+    return (a + (log_pg - log_mass_z)[:, group]).astype(np.float32)
 
 
 def _names(prefix: str, n: int) -> np.ndarray:
@@ -153,6 +190,14 @@ def ids(prefix: str, n: int) -> np.ndarray:
 # Gumbel noise at 2^16 quantiles: a table look-up is several times cheaper than
 # -log(-log(U)), and the quantisation does not matter for picking among a few candidates.
 _GUMBEL = (-np.log(-np.log((np.arange(1 << 16) + 0.5) / (1 << 16)))).astype(np.float32)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """a @ b, small ones without BLAS: OpenBLAS threads spin after each call and steal the
+  cores that the sampling threads need, which costs more than a small product."""
+  if a.shape[0] * a.shape[1] * b.shape[1] > 20_000_000:
+    return a @ b
+  return np.einsum("ij,jk->ik", a, b, optimize=False)
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -173,7 +218,8 @@ class _World:
   centroids: np.ndarray         # [K, d] float32
   user_factors: np.ndarray      # [U, d] float32
   item_factors: np.ndarray      # [N, d] float32
-  item_residual: np.ndarray     # [N, d] float32, v_i - c_{k_i}, in slot order
+  cluster_basis: np.ndarray     # [K, d, q] float32: W_k scaled by item_noise / (sqrt(q) τ)
+  item_code: np.ndarray         # [q, N] float32: z_i, in slot order
   slot_item: np.ndarray         # [N] int64: item at each slot (slots sorted by group)
   group_offset: np.ndarray      # [G] int64: first slot of group g = k * B + b
   group_size: np.ndarray        # [G] int64
@@ -191,26 +237,41 @@ def _build_world(cfg: SyntheticConfig):
                    cfg.num_price_buckets)
   a = cfg.popularity_exponent
   centroids = rng.standard_normal((K, d))
-  centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+  centroids = (centroids / np.linalg.norm(centroids, axis=1, keepdims=True)).astype(np.float32)
 
-  # Items: cluster, price bucket (per-cluster mix), residual factor.
+  # Items: cluster and price bucket (a per-cluster mix).
   item_cluster = rng.integers(0, K, N)
   price_mix = rng.dirichlet(np.full(B, cfg.price_concentration), K)
   cum_mix = np.cumsum(price_mix, axis=1)
   cum_mix[:, -1] = 1.0
   item_bucket = (rng.random(N)[:, None] >= cum_mix[item_cluster]).sum(axis=1)
   item_bucket = np.minimum(item_bucket, B - 1)
-  residual = rng.standard_normal((N, d)) * (cfg.item_noise / math.sqrt(d))
-  item_factors = (centroids[item_cluster] + residual).astype(np.float32)
-
-  # Slots: items sorted by group, in random order inside a group; rank in group = popularity rank.
+  # Slots: items sorted by group, in random order within it; slot order within a group is
+  # popularity order.
   group = item_cluster * B + item_bucket
-  slot_item = np.lexsort((rng.permutation(N), group))
+  slot_item = np.argsort(group.astype(np.int64) * N + rng.permutation(N))
   group_size = np.bincount(group, minlength=K * B).astype(np.int64)
   group_offset = np.concatenate([[0], np.cumsum(group_size)[:-1]]).astype(np.int64)
   local_rank = np.empty(N, np.int64)
   local_rank[slot_item] = np.arange(N) - np.repeat(group_offset, group_size)
-  group_weight = np.exp(cfg.group_weight_sigma * rng.standard_normal(K * B))
+  # Factors: v = c_k + W_k z with q unit directions W_k per cluster, E|W_k z|^2 = noise^2.
+  # Codes z are drawn in slot order, where each cluster's items are contiguous.
+  q = cfg.residual_rank
+  basis = rng.standard_normal((K, d, q))
+  basis /= np.linalg.norm(basis, axis=1, keepdims=True)
+  basis = (basis * (cfg.item_noise / math.sqrt(q))).astype(np.float32)
+  code = rng.standard_normal((N, q)).astype(np.float32)
+  slot_factors = np.empty((N, d), np.float32)
+  cluster_end = np.cumsum(group_size.reshape(K, B).sum(axis=1))
+  for k in range(K):
+    lo, hi = (cluster_end[k - 1] if k else 0), cluster_end[k]
+    slot_factors[lo:hi] = _dot(code[lo:hi], basis[k].T) + centroids[k]
+  item_factors = np.empty((N, d), np.float32)
+  item_factors[slot_item] = slot_factors
+  # Groups get Zipf weights in a random order, items a power law in their rank within the
+  # group: the products (group rank * item rank)^-a, sorted, follow rank^-a closely.
+  group_weight = ((rng.permutation(K * B) + 1.0) ** -a
+                  * np.exp(cfg.group_weight_sigma * rng.standard_normal(K * B)))
   # Item mass: ∫_{j+1}^{j+2} x^-a dx times its group's weight; a group's mass is the sum.
   item_mass = group_weight[group] * (_powerlaw_mass(local_rank + 1, a)
                                      - _powerlaw_mass(local_rank, a))
@@ -228,27 +289,36 @@ def _build_world(cfg: SyntheticConfig):
   # Users: primary + weaker secondary interest + noise.
   primary = rng.integers(0, K, U)
   secondary = rng.integers(0, K, U)
-  weight = rng.random(U) * cfg.secondary_interest
-  user_factors = (centroids[primary] + weight[:, None] * centroids[secondary]
-                  + rng.standard_normal((U, d)) * (cfg.user_noise / math.sqrt(d)))
-  user_factors = user_factors.astype(np.float32)
-  centroids = centroids.astype(np.float32)
-  user_segment = np.argmax(user_factors @ centroids.T, axis=1).astype(np.int32)
+  mix = rng.random(U) * cfg.secondary_interest
+  user_factors = rng.standard_normal((U, d), dtype=np.float32)
+  user_factors *= np.float32(cfg.user_noise / math.sqrt(d))
+  user_factors += centroids[primary]
+  user_factors += mix[:, None].astype(np.float32) * centroids[secondary]
+  user_segment = np.argmax(_dot(user_factors, centroids.T), axis=1).astype(np.int32)
   R = cfg.num_regions
   user_region = np.where(rng.random(U) < cfg.region_noise, rng.integers(0, R, U),
                          user_segment % R).astype(np.int32)
   # Balanced: each bucket is the favourite of floor or ceil(R / B) regions.
   preferred_bucket = rng.permutation(np.arange(R) % B).astype(np.int32)
 
-  # Events per user: the minimum plus a Zipf share (random rank) of the rest.
-  extra = cfg.num_interactions - cfg.min_user_interactions * U
+  # Events per user: the minimum plus a Zipf share (random rank) of the rest, at most
+  # max_user_fraction of the catalogue (more could only repeat items); the excess goes
+  # to the users below the cap.
   share = rng.permutation(np.arange(1, U + 1, dtype=np.float64) ** -cfg.user_activity_exponent)
-  counts = cfg.min_user_interactions + rng.multinomial(extra, share / share.sum())
+  cap = max(int(cfg.max_user_fraction * N), -(-cfg.num_interactions // U))
+  counts = np.full(U, cfg.min_user_interactions, np.int64)
+  extra = cfg.num_interactions - counts.sum()
+  while extra > 0:
+    open_share = np.where(counts < cap, share, 0.0)
+    counts += rng.multinomial(extra, open_share / open_share.sum())
+    extra = int(np.maximum(counts - cap, 0).sum())
+    counts = np.minimum(counts, cap)
   user_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
   world = _World(
       centroids=centroids, user_factors=user_factors, item_factors=item_factors,
-      item_residual=residual[slot_item].astype(np.float32), slot_item=slot_item,
+      cluster_basis=(basis / cfg.affinity_temperature).astype(np.float32),
+      item_code=np.ascontiguousarray(code.T), slot_item=slot_item,
       group_offset=group_offset, group_size=group_size, group_log_mass=group_log_mass,
       group_curve=group_curve, user_region=user_region, preferred_bucket=preferred_bucket,
       user_start=user_start)
@@ -261,12 +331,16 @@ def _build_world(cfg: SyntheticConfig):
 
 
 def _pick_in_group(world: _World, cfg: SyntheticConfig, rng: np.random.Generator,
-                   user: np.ndarray, group: np.ndarray) -> np.ndarray:
-  """Items drawn within their groups: popularity proposals, Gumbel-max over u·r / τ."""
+                   proj: np.ndarray, group: np.ndarray) -> np.ndarray:
+  """Items drawn within their groups: popularity proposals, Gumbel-max over u·r / τ.
+
+  ``proj[:, e]`` is the event's user factor projected on its cluster's basis, so a
+  candidate's logit is ``proj[:, e] · z_i`` (q multiply-adds instead of d).
+  """
   m, a = cfg.candidates, cfg.popularity_exponent
-  out = np.empty(len(user), np.int64)
+  out = np.empty(len(group), np.int64)
   block = 32_768
-  for lo in range(0, len(user), block):
+  for lo in range(0, len(group), block):
     g = group[lo:lo + block]
     n = len(g)
     r = rng.random((n, m), dtype=np.float32)
@@ -275,16 +349,43 @@ def _pick_in_group(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
     if abs(1.0 - a) < 1e-9:
       x = np.exp(r * curve)
     else:
-      x = np.exp(np.log1p(r * curve) * (1.0 / (1.0 - a)))
+      x = np.exp(np.log1p(r * curve) * np.float32(1.0 / (1.0 - a)))
     rank = np.minimum(x.astype(np.int64), world.group_size[g][:, None])
     slot = (world.group_offset[g] - 1)[:, None] + np.maximum(rank, 1)
-    u = np.take(world.user_factors, user[lo:lo + block], axis=0)
-    logit = np.einsum("nmd,nd->nm", np.take(world.item_residual, slot, axis=0), u)
-    logit *= np.float32(1.0 / cfg.affinity_temperature)
+    logit = np.take(world.item_code[0], slot)
+    logit *= proj[0, lo:lo + n, None]
+    for j in range(1, len(proj)):
+      term = np.take(world.item_code[j], slot)
+      term *= proj[j, lo:lo + n, None]
+      logit += term
     logit += np.take(_GUMBEL, rng.integers(0, len(_GUMBEL), (n, m), dtype=np.uint16))
     best = np.argmax(logit, axis=1)
     out[lo:lo + n] = world.slot_item[np.take_along_axis(slot, best[:, None], 1)[:, 0]]
   return out
+
+
+def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+  """keys found in sorted_keys (a vectorised set test on a sorted array)."""
+  if not len(sorted_keys):
+    return np.zeros(len(keys), bool)
+  pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+  return sorted_keys[pos] == keys
+
+
+def _projections(world: _World, uf: np.ndarray, local_user: np.ndarray,
+                 cluster: np.ndarray) -> np.ndarray:
+  """[q, n] user factor of each event on its cluster's (scaled) residual basis."""
+  K, d, q = world.cluster_basis.shape
+  if len(uf) * K <= 4 * len(cluster):
+    # A [users, K * q] table, then a row gather per event.
+    table = _dot(uf, world.cluster_basis.transpose(1, 0, 2).reshape(d, K * q)).reshape(-1, q)
+    return np.ascontiguousarray(np.take(table, local_user * K + cluster, axis=0).T)
+  out = np.empty((len(cluster), q), np.float32)
+  for lo in range(0, len(cluster), 32_768):
+    sl = slice(lo, lo + 32_768)
+    out[sl] = np.einsum("nd,ndq->nq", np.take(uf, local_user[sl], axis=0),
+                        np.take(world.cluster_basis, cluster[sl], axis=0))
+  return np.ascontiguousarray(out.T)
 
 
 def _sample_chunk(world: _World, cfg: SyntheticConfig, chunk: int, u_lo: int, u_hi: int,
@@ -295,72 +396,86 @@ def _sample_chunk(world: _World, cfg: SyntheticConfig, chunk: int, u_lo: int, u_
   counts = np.diff(world.user_start[u_lo:u_hi + 1])
   n_users, n = u_hi - u_lo, e_hi - e_lo
   local_user = np.repeat(np.arange(n_users), counts)
-  user = local_user + u_lo
   uf = world.user_factors[u_lo:u_hi]
   K, B = cfg.num_clusters, cfg.num_price_buckets
   lam = cfg.nonlinear_weight
 
-  # Cluster: exact softmax of log(group mass, with the cross) + u·c / τ, per user.
+  # Cluster: exact softmax of log(cluster mass, with the cross) + u·c / τ, per user.
+  # Work is O(users x clusters): a handful of passes over one float32 matrix.
   pref = world.preferred_bucket[world.user_region[u_lo:u_hi]]
   mass = np.exp(world.group_log_mass)                                     # [K, B]
   cum_mass = np.cumsum(mass, axis=1)
-  cluster_mass = mass.sum(axis=1)[None, :] + (math.exp(lam) - 1.0) * mass[:, pref].T
+  # log mass of each cluster for a user whose preferred bucket is b: [B, K].
+  boosted = mass.sum(axis=1)[None, :] + (math.exp(lam) - 1.0) * mass.T
   with np.errstate(divide="ignore"):
-    logit = np.log(cluster_mass) + (uf @ world.centroids.T) / cfg.affinity_temperature
+    log_cluster_mass = np.log(boosted).astype(np.float32)
+  logit = _dot(uf, world.centroids.T * np.float32(1.0 / cfg.affinity_temperature))
+  logit += log_cluster_mass[pref] if lam else log_cluster_mass[0]
   logit -= logit.max(axis=1, keepdims=True)
-  cdf = np.cumsum(np.exp(logit), axis=1)
+  np.exp(logit, out=logit)
+  cdf = np.cumsum(logit, axis=1, dtype=np.float64)
+  del logit
   cdf /= cdf[:, -1:]
   cdf[:, -1] = 1.0
   cdf += np.arange(n_users)[:, None]
-  pos = np.searchsorted(cdf.ravel(), local_user + rng.random(n), side="right")
-  cluster = np.minimum(pos - local_user * K, K - 1)
+  cdf = cdf.ravel()
 
-  # Price bucket given the cluster: exact, B choices (the preferred one boosted by e^λ).
-  cum = np.take(cum_mass, cluster, axis=0)                                # [n, B]
-  if lam:
-    p = pref[local_user]
-    boost = (math.exp(lam) - 1.0) * mass[cluster, p]
-    cum += boost[:, None] * (np.arange(B)[None, :] >= p[:, None])
-  bucket = (rng.random(n)[:, None] * cum[:, -1:] >= cum).sum(axis=1)
-  bucket = np.minimum(bucket, B - 1)
-  group = cluster * B + bucket
+  def draw_groups(lu):
+    """(cluster, group) for events of local users ``lu``."""
+    pos = np.searchsorted(cdf, lu + rng.random(len(lu)), side="right")
+    cluster = np.minimum(pos - lu * K, K - 1)
+    # Price bucket given the cluster: exact, B choices (the preferred one boosted by e^λ).
+    cum = np.take(cum_mass, cluster, axis=0)                              # [n, B]
+    if lam:
+      p = pref[lu]
+      boost = (math.exp(lam) - 1.0) * mass[cluster, p]
+      cum += boost[:, None] * (np.arange(B)[None, :] >= p[:, None])
+    bucket = (rng.random(len(lu))[:, None] * cum[:, -1:] >= cum).sum(axis=1)
+    return cluster, cluster * B + np.minimum(bucket, B - 1)
 
-  item = _pick_in_group(world, cfg, rng, user, group)
+  cluster, group = draw_groups(local_user)
+  proj = _projections(world, uf, local_user, cluster)
+  item = _pick_in_group(world, cfg, rng, proj, group)
 
-  # Redraw repeated (user, item) pairs a few times; heavy users in small groups keep some.
+  # Redraw repeated (user, item) pairs: first within their group, then (when the group is
+  # used up, as for heavy users) from a fresh group. Hopeless cases keep their repeat.
   key = local_user.astype(np.int64) * cfg.num_items + item
   order = np.argsort(key, kind="stable")
-  sk = key[order]
-  dup = order[1:][sk[1:] == sk[:-1]]
-  seen = sk
-  for _ in range(cfg.resample_rounds):
+  seen = key[order]
+  dup = order[1:][seen[1:] == seen[:-1]]
+  accepted = np.zeros(0, np.int64)                      # sorted keys of redrawn events
+  in_group_rounds = min(2, cfg.resample_rounds // 2)
+  for round_ in range(cfg.resample_rounds):
     if not len(dup):
       break
-    item[dup] = _pick_in_group(world, cfg, rng, user[dup], group[dup])
+    if round_ >= in_group_rounds:
+      cluster[dup], group[dup] = draw_groups(local_user[dup])
+      proj[:, dup] = _projections(world, uf, local_user[dup], cluster[dup])
+    item[dup] = _pick_in_group(world, cfg, rng, proj[:, dup], group[dup])
     new = key[dup] = local_user[dup].astype(np.int64) * cfg.num_items + item[dup]
-    hit = seen[np.minimum(np.searchsorted(seen, new), len(seen) - 1)] == new
+    bad = _member(seen, new) | _member(accepted, new)
     _, first = np.unique(new, return_index=True)
     repeat = np.ones(len(new), bool)
     repeat[first] = False
-    bad = hit | repeat
-    seen = np.sort(np.concatenate([seen, new[~bad]]))
+    bad |= repeat
+    accepted = np.sort(np.concatenate([accepted, new[~bad]]))
     dup = dup[bad]
 
   # Timestamps: exponential gaps (some zero) rescaled to the user's active period.
-  span = np.maximum(1, (cfg.time_span * (0.05 + 0.95 * rng.random(n_users)))).astype(np.int64)
-  t0 = cfg.start_time + (rng.random(n_users) * (cfg.time_span - span + 1)).astype(np.int64)
+  span = np.maximum(1, cfg.time_span * (0.05 + 0.95 * rng.random(n_users))).astype(np.int64)
+  t0 = cfg.start_time + (rng.random(n_users) * (cfg.time_span - span)).astype(np.int64)
   gap = rng.standard_exponential(n)
   gap[rng.random(n) < cfg.tie_probability] = 0.0
   first = world.user_start[u_lo:u_hi] - e_lo
   gap[first] = 0.0
   cs = np.cumsum(gap)
-  local = cs - np.repeat(cs[first], counts)
-  total = np.repeat(local[first + counts - 1], counts)
-  frac = np.where(total > 0, local / np.where(total > 0, total, 1.0), 0.0)
-  time_out[e_lo:e_hi] = np.repeat(t0, counts) + np.minimum(
-      (frac * np.repeat(span, counts)).astype(np.int64), np.repeat(span - 1, counts))
+  cs -= np.repeat(cs[first], counts)                    # 0 at each user's first event
+  total = cs[first + counts - 1]
+  scale = np.where(total > 0, span / np.where(total > 0, total, 1.0), 0.0)
+  cs *= np.repeat(scale, counts)
+  time_out[e_lo:e_hi] = np.repeat(t0, counts) + cs.astype(np.int64)
 
-  aff = np.einsum("nd,nd->n", np.take(world.user_factors, user, axis=0),
+  aff = np.einsum("nd,nd->n", np.take(world.user_factors, local_user + u_lo, axis=0),
                   np.take(world.item_factors, item, axis=0))
   aff /= cfg.affinity_temperature
   if lam:
@@ -388,10 +503,11 @@ def _num_threads(cfg: SyntheticConfig) -> int:
   return max(1, min(cpus, 8))
 
 
-def _side_tables(cfg: SyntheticConfig, truth: dict) -> tuple[types.Table, types.Table]:
+def _side_tables(cfg: SyntheticConfig, truth: dict, user_names: np.ndarray,
+                 item_names: np.ndarray) -> tuple[types.Table, types.Table]:
   """User table (segment, region) and item table (category, tags, price_bucket)."""
   rng = _rng(cfg.seed, 2)
-  U, N, K, T = cfg.num_users, cfg.num_items, cfg.num_clusters, cfg.tags_per_cluster
+  N, K, T = cfg.num_items, cfg.num_clusters, cfg.tags_per_cluster
   cluster = truth["item_cluster"]
   category = np.where(rng.random(N) < cfg.category_noise, rng.integers(0, K, N), cluster)
   # 2-4 distinct tags from the cluster's own T tags; a few drawn from all K * T tags.
@@ -415,10 +531,10 @@ def _side_tables(cfg: SyntheticConfig, truth: dict) -> tuple[types.Table, types.
     return types.Table(path="<synthetic>", columns=columns, kinds=kinds,
                        line_numbers=np.arange(n, dtype=np.int64) + 2)
 
-  users = table({"user_id": ids("u", U),
+  users = table({"user_id": user_names,
                  "segment": ids("s", K)[truth["user_segment"]],
                  "region": ids("r", cfg.num_regions)[truth["user_region"]]})
-  items = table({"item_id": ids("i", N),
+  items = table({"item_id": item_names,
                  "category": ids("c", K)[category],
                  "tags": tags.astype(object),
                  "price_bucket": ids("p", cfg.num_price_buckets)[truth["item_price_bucket"]]})
@@ -426,25 +542,34 @@ def _side_tables(cfg: SyntheticConfig, truth: dict) -> tuple[types.Table, types.
 
 
 def generate(config: Optional[SyntheticConfig] = None) -> SyntheticData:
-  """Draws a dataset with known user / item factors from ``config``."""
+  """Draws a dataset, and the ground truth it came from, from ``config`` (or defaults).
+
+  The same config gives the same data on any machine and thread count. Cost is about
+  O(events + users x clusters); 20M events over 1M items and users take ~2 GB.
+  """
   cfg = config or SyntheticConfig()
   cfg.validate()
   world, truth = _build_world(cfg)
   n = cfg.num_interactions
+  user_names, item_names = ids("u", cfg.num_users), ids("i", cfg.num_items)
   item = np.empty(n, np.int64)
   timestamp = np.empty(n, np.int64)
   affinity = np.empty(n, np.float32)
-  chunks = _chunks(world.user_start, cfg.chunk_size)
-  threads = min(_num_threads(cfg), len(chunks))
-  jobs = [(world, cfg, c, lo, hi, item, timestamp, affinity)
-          for c, (lo, hi) in enumerate(chunks)]
-  if threads <= 1:
+
+  # Chunks and side tables fill disjoint outputs from their own seeds, so the result does
+  # not depend on the thread count or the order they run in.
+  with concurrent.futures.ThreadPoolExecutor(_num_threads(cfg)) as pool:
+    tables = pool.submit(_side_tables, cfg, truth, user_names, item_names)
+    user_id = pool.submit(
+        lambda: user_names[np.repeat(np.arange(cfg.num_users), np.diff(world.user_start))])
+    jobs = [pool.submit(_sample_chunk, world, cfg, c, lo, hi, item, timestamp, affinity)
+            for c, (lo, hi) in enumerate(_chunks(world.user_start, cfg.chunk_size))]
     for job in jobs:
-      _sample_chunk(*job)
-  else:
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-      for f in [pool.submit(_sample_chunk, *job) for job in jobs]:
-        f.result()
+      job.result()
+    user_table, item_table = tables.result()
+    user_id = user_id.result()
+  # One gather of shared str objects: a per-chunk one would count references three times.
+  item_id = item_names[item]
 
   # Ratings: standardised affinity plus noise, rounded into 1..5.
   rng = _rng(cfg.seed, 3)
@@ -452,11 +577,8 @@ def generate(config: Optional[SyntheticConfig] = None) -> SyntheticData:
   z += cfg.label_noise * rng.standard_normal(n, dtype=np.float32)
   label = np.clip(np.rint(3.0 + 1.2 * z), 1, 5).astype(np.float32)
 
-  user = np.repeat(np.arange(cfg.num_users), np.diff(world.user_start))
   interactions = types.Interactions(
-      path="<synthetic>", user_id=ids("u", cfg.num_users)[user],
-      item_id=ids("i", cfg.num_items)[item], timestamp=timestamp, label=label,
+      path="<synthetic>", user_id=user_id, item_id=item_id, timestamp=timestamp, label=label,
       line_numbers=np.arange(n, dtype=np.int64) + 2)
-  user_table, item_table = _side_tables(cfg, truth)
   dataset = types.RawDataset("synthetic", interactions, user_table, item_table)
   return SyntheticData(dataset=dataset, config=cfg, **truth)

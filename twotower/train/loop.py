@@ -126,7 +126,9 @@ class Trainer:
   def _replicated_step(self, batch):
     out = self.strategy.run(self.model.train_step, args=(batch,))
     return {"loss": self.strategy.reduce("SUM", out["loss"], axis=None),
-            "grad_norm": self.strategy.reduce("MAX", out["grad_norm"], axis=None)}
+            # ReduceOp has no MAX; the replicas' norms are of the all-reduced gradient anyway.
+            "grad_norm": tf.reduce_max(tf.stack(
+                self.strategy.experimental_local_results(out["grad_norm"])))}
 
   # -- checkpoints -----------------------------------------------------------------------
   def restore_latest(self) -> bool:
@@ -252,6 +254,7 @@ class Trainer:
                  record["examples_per_second"], shown)
 
   def _finish(self) -> dict:
+    steps = int(self.optimizer.iterations)   # before the best model (and its step) is read
     if not os.path.exists(self.wd.best + ".index"):   # stopped before any validation
       self.best_checkpoint.write(self.wd.best)
     self.best_checkpoint.read(self.wd.best).expect_partial()
@@ -260,7 +263,7 @@ class Trainer:
         "valid": split_metrics(self.model, self.data, splits.VALID, self.config),
         "test": split_metrics(self.model, self.data, splits.TEST, self.config),
         "most_popular_test": most_popular_metrics(self.data, splits.TEST, self.config),
-        "steps": int(self.optimizer.iterations),
+        "steps": steps,
         "recoveries": int(self.state.recoveries),
     }
     fileio.atomic_write_json(self.wd.metrics, self.log)

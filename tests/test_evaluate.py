@@ -1,0 +1,248 @@
+"""Exact retrieval metrics against a brute-force reference: ties, exclusions, chunking."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twotower import evaluate
+from twotower.data.itemsets import ItemSets
+
+
+# -- brute-force reference -----------------------------------------------------------------
+
+
+def _ranking(scores: np.ndarray, excluded: set) -> list:
+  """All non-excluded items, best first, equal scores by lower index (a stable sort)."""
+  order = np.argsort(-scores, kind="stable")
+  return [int(j) for j in order if int(j) not in excluded]
+
+
+def reference_metrics(queries, items, targets, exclude, ks):
+  scores = queries.astype(np.float64) @ items.astype(np.float64).T
+  sums = {name: 0.0 for name in _metric_names(ks)}
+  evaluated = skipped = 0
+  for u in range(len(queries)):
+    excluded = set(exclude[u]) if exclude is not None else set()
+    relevant = set(targets[u]) - excluded
+    if not relevant:
+      skipped += 1
+      continue
+    evaluated += 1
+    ranking = _ranking(scores[u], excluded)
+    for k in ks:
+      top = ranking[:k]
+      gains = [1.0 if j in relevant else 0.0 for j in top]
+      ideal = min(k, len(relevant))
+      sums[f"recall@{k}"] += sum(gains) / ideal
+      sums[f"hit_rate@{k}"] += float(any(gains))
+      dcg = sum(g / np.log2(p + 2) for p, g in enumerate(gains))
+      sums[f"ndcg@{k}"] += dcg / sum(1 / np.log2(p + 2) for p in range(ideal))
+    first = next(p for p, j in enumerate(ranking) if j in relevant)
+    sums["mrr"] += 1.0 / (first + 1)
+  out = {name: value / max(evaluated, 1) for name, value in sums.items()}
+  out["num_users"] = evaluated
+  out["num_users_skipped"] = skipped
+  return out
+
+
+def reference_top_k(queries, items, k, exclude):
+  scores = queries.astype(np.float64) @ items.astype(np.float64).T
+  indices = np.full((len(queries), k), -1, np.int64)
+  values = np.full((len(queries), k), -np.inf)
+  for u in range(len(queries)):
+    ranking = _ranking(scores[u], set(exclude[u]) if exclude is not None else set())[:k]
+    indices[u, :len(ranking)] = ranking
+    values[u, :len(ranking)] = scores[u, ranking]
+  return indices, values
+
+
+def _metric_names(ks):
+  return [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "hit_rate")] + ["mrr"]
+
+
+def assert_metrics_close(got, want):
+  assert set(got) == set(want)
+  for name, value in want.items():
+    assert got[name] == pytest.approx(value, abs=1e-6), name
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def random_case(seed, num_users=60, num_items=50, dim=3):
+  """Small-integer embeddings (many exactly tied scores), targets overlapping exclusions."""
+  rng = np.random.default_rng(seed)
+  queries = rng.integers(-2, 3, (num_users, dim)).astype(np.float32)
+  items = rng.integers(-2, 3, (num_items, dim)).astype(np.float32)
+  targets, exclude = [], []
+  for u in range(num_users):
+    targets.append(rng.choice(num_items, rng.integers(0, 6), replace=False).tolist())
+    excluded = rng.choice(num_items, rng.integers(0, 12), replace=False).tolist()
+    if u % 7 == 3 and targets[u]:   # every target excluded: the user must be skipped
+      excluded += targets[u]
+    elif u % 5 == 1 and targets[u]:   # some targets excluded
+      excluded.append(targets[u][0])
+    exclude.append(excluded)
+  return queries, items, targets, exclude
+
+
+MODES = ("plain", "blocked", "row_count", "tf_count")
+
+
+@pytest.fixture(params=MODES)
+def mode(request, monkeypatch):
+  """Each internal path: plain or two-stage top-k; numpy counts by row blocks, single rows
+  (on the thread pool), or TF's count (the accelerator path)."""
+  if request.param == "blocked":
+    monkeypatch.setattr(evaluate, "_BLOCK", 3)
+    monkeypatch.setattr(evaluate, "_MIN_BLOCKS_PER_K", 1)
+  elif request.param == "row_count":
+    monkeypatch.setattr(evaluate, "_COUNT_TASK_ELEMENTS", 1)
+  elif request.param == "tf_count":
+    monkeypatch.setattr(evaluate, "_on_cpu", lambda tensor: False)
+  return request.param
+
+
+# -- retrieval_metrics ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ks", [(1, 5, 10, 60), (1, 2, 5)])   # 60 > N; (1, 2, 5) gets blocked
+def test_matches_reference_for_every_chunk_size(mode, ks):
+  queries, items, targets, exclude = random_case(seed=len(ks))
+  want = reference_metrics(queries, items, targets, exclude, ks)
+  assert want["num_users_skipped"] > 0 and want["num_users"] > 0
+  results = []
+  for chunk_elements in (1, 7 * len(items), 16 * len(items) + 3, 1 << 25):
+    got = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
+                                     ItemSets.from_lists(exclude), ks=ks,
+                                     max_chunk_elements=chunk_elements)
+    assert_metrics_close(got, want)
+    results.append(got)
+  assert all(r == results[0] for r in results)   # identical, not just close
+
+
+def test_blocked_top_k_is_exact_on_a_larger_tied_corpus(monkeypatch):
+  monkeypatch.setattr(evaluate, "_BLOCK", 4)
+  monkeypatch.setattr(evaluate, "_MIN_BLOCKS_PER_K", 2)
+  queries, items, targets, exclude = random_case(seed=7, num_users=40, num_items=301, dim=2)
+  ks = (3, 10, 20)
+  assert evaluate._block_size(len(items), max(ks))
+  got = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
+                                   ItemSets.from_lists(exclude), ks=ks, max_chunk_elements=3000)
+  assert_metrics_close(got, reference_metrics(queries, items, targets, exclude, ks))
+  indices, _ = evaluate.top_k_items(queries, items, 20, ItemSets.from_lists(exclude),
+                                    max_chunk_elements=3000)
+  np.testing.assert_array_equal(indices, reference_top_k(queries, items, 20, exclude)[0])
+
+
+def test_real_valued_embeddings_without_exclusions():
+  rng = np.random.default_rng(3)
+  queries = rng.standard_normal((30, 8)).astype(np.float32)
+  items = rng.standard_normal((200, 8)).astype(np.float32)
+  targets = [rng.choice(200, 3, replace=False).tolist() for _ in range(30)]
+  got = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets), ks=(10, 50))
+  assert_metrics_close(got, reference_metrics(queries, items, targets, None, (10, 50)))
+
+
+def test_hand_computed_example():
+  # Scores 3, 2, 2, 1 (items 0..3); the tie between items 1 and 2 goes to item 1.
+  items = np.array([[3.0], [2.0], [2.0], [1.0]], np.float32)
+  queries = np.ones((3, 1), np.float32)
+  targets = ItemSets.from_lists([[2, 3], [0], [1]])
+  exclude = ItemSets.from_lists([[0], [0], []])   # user 1's only target is excluded
+  got = evaluate.retrieval_metrics(queries, items, targets, exclude, ks=(1, 2))
+  # User 0 ranks 1, 2, 3: targets at positions 2 and 3. User 2 ranks 0, 1, ...: target at 2.
+  assert got["num_users"] == 2 and got["num_users_skipped"] == 1
+  assert got["hit_rate@1"] == 0.0
+  assert got["recall@2"] == pytest.approx((1 / 2 + 1 / 1) / 2)
+  assert got["mrr"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+  ndcg_user0 = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
+  assert got["ndcg@2"] == pytest.approx((ndcg_user0 + 1 / np.log2(3)) / 2)
+
+
+def test_no_user_left_to_evaluate():
+  got = evaluate.retrieval_metrics(np.ones((2, 1), np.float32), np.ones((3, 1), np.float32),
+                                   ItemSets.from_lists([[], [1]]), ItemSets.from_lists([[], [1]]),
+                                   ks=(5,))
+  assert got["num_users"] == 0 and got["num_users_skipped"] == 2
+  assert got["recall@5"] == got["mrr"] == 0.0
+
+
+def test_duplicate_targets_count_once():
+  items = np.eye(4, dtype=np.float32)
+  queries = items[:1]
+  got = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists([[0, 0, 3]]), ks=(1,))
+  assert got["recall@1"] == 1.0   # two distinct targets, min(K=1, 2) = 1
+
+
+def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch):
+  seen = []
+  original = evaluate._score_chunk
+
+  def spy(queries, items_t, *args):
+    seen.append(int(queries.shape[0]) * int(items_t.shape[1]))
+    return original(queries, items_t, *args)
+
+  monkeypatch.setattr(evaluate, "_score_chunk", spy)
+  queries, items, targets, exclude = random_case(seed=1)
+  evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
+                             ItemSets.from_lists(exclude), max_chunk_elements=10 * len(items))
+  assert len(seen) > 1 and max(seen) <= 10 * len(items)
+
+
+def test_progress_bar(capsys):
+  queries, items, targets, _ = random_case(seed=2)
+  evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets), ks=(5,),
+                             max_chunk_elements=20 * len(items), progress=True)
+  assert "chunk" in capsys.readouterr().out
+
+
+def test_rejects_mismatched_inputs():
+  q, items = np.ones((2, 3), np.float32), np.ones((4, 3), np.float32)
+  with pytest.raises(ValueError, match="rows"):
+    evaluate.retrieval_metrics(q, items, ItemSets.from_lists([[0]]))
+  with pytest.raises(ValueError, match="outside"):
+    evaluate.retrieval_metrics(q, items, ItemSets.from_lists([[0], [4]]))
+  with pytest.raises(ValueError, match="same D"):
+    evaluate.retrieval_metrics(q, np.ones((4, 2), np.float32), ItemSets.from_lists([[0], [1]]))
+  with pytest.raises(ValueError, match="ks"):
+    evaluate.retrieval_metrics(q, items, ItemSets.from_lists([[0], [1]]), ks=(0,))
+
+
+# -- top_k_items ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 7, 50, 64])   # 50 = N, 64 > N
+def test_top_k_items_matches_reference(mode, k):
+  queries, items, _, exclude = random_case(seed=k)
+  want_indices, want_scores = reference_top_k(queries, items, k, exclude)
+  for chunk_elements in (1, 9 * len(items), 1 << 25):
+    indices, scores = evaluate.top_k_items(queries, items, k, ItemSets.from_lists(exclude),
+                                           max_chunk_elements=chunk_elements)
+    assert indices.dtype == np.int64 and scores.dtype == np.float32
+    assert indices.shape == scores.shape == (len(queries), k)
+    np.testing.assert_array_equal(indices, want_indices)
+    np.testing.assert_array_equal(scores, want_scores.astype(np.float32))
+
+
+def test_top_k_items_without_exclusions():
+  queries, items, _, _ = random_case(seed=4)
+  indices, _ = evaluate.top_k_items(queries, items, 10)
+  np.testing.assert_array_equal(indices, reference_top_k(queries, items, 10, None)[0])
+
+
+# -- most_popular_metrics ------------------------------------------------------------------
+
+
+def test_most_popular_matches_reference(mode):
+  _, _, targets, exclude = random_case(seed=5)
+  rng = np.random.default_rng(5)
+  counts = rng.integers(0, 6, 50) * 10_000_019   # ties, and counts beyond float32's integers
+  ks = (1, 5, 10, 60)
+  # Reference: rank by count, ties to the lower index (queries 1, items = counts, in float64).
+  want = reference_metrics(np.ones((len(targets), 1)), counts[:, None].astype(np.float64),
+                           targets, exclude, ks)
+  got = evaluate.most_popular_metrics(counts, ItemSets.from_lists(targets),
+                                      ItemSets.from_lists(exclude), ks=ks,
+                                      max_chunk_elements=10 * 50)
+  assert_metrics_close(got, want)

@@ -1,0 +1,406 @@
+"""The serving export: a query SavedModel that takes raw strings, the index, and a manifest.
+
+Layout of ``export_dir`` (pinned in DESIGN.md):
+
+  query_model/          SavedModel. Inputs are raw strings: ``user_id`` [B], ``history``
+                        [B, L'] ('' padded, any L'), one [B] string per user feature
+                        (multi-valued ones as the raw space/'|'-separated string). Signatures:
+                        ``serving_default`` (top-k item ids and scores through the ScaNN TF
+                        ops, or exact when the index is brute force; [B, min(k, N)], slots
+                        ScaNN left empty hold '' and -inf), ``brute_force`` (exact
+                        top-k, no custom op in its graph) and ``embed`` (the user embedding).
+  index/                the serialized pybind ScaNN searcher (absent for brute force)
+  item_embeddings.npy   corpus embeddings, corpus order; item_ids.txt: their ids
+  index.json            kind, tuned parameters, fingerprint, sha256 of the index files
+  user_defaults.npz     per known user: latest features and last L items (unicode, no pickle)
+  manifest.json         package versions, config, signatures, sha256 of every file
+
+Strings become ids in-graph with hash tables built from the training vocabularies, in
+``StringLookup``'s layout (0 = missing, then OOV buckets hashed like StringLookup, then
+tokens), so serving ids cannot drift from training ids. The ScaNN searcher inside the
+SavedModel is rebuilt from the very files the pybind searcher was serialized to, and cached
+per process under a name derived from its fingerprint: the first call builds it (hence a
+warm-up call), later calls only search. A SavedModel holding ScaNN ops loads wherever
+``import scann`` has registered them (``twotower.serving`` always does this first).
+
+The export is written to a temporary sibling directory, fsynced and swapped in with one
+rename (``twotower.index.atomic_directory``): a reader never sees half an export.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+import twotower
+from twotower import fileio
+from twotower import index as index_lib
+from twotower.data import types
+from twotower.data.features import SEPARATORS
+from twotower.data.vocab import PAD, Vocabulary
+
+QUERY_MODEL = "query_model"
+INDEX_DIR = "index"
+USER_DEFAULTS = "user_defaults.npz"
+MANIFEST = "manifest.json"
+FORMAT = 1
+SCANN_NAMESPACE = "Scann"
+_PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas",
+             "absl-py")
+
+
+# --------------------------------------------------------------------------- in-graph
+
+
+def lookup_table(vocab: Vocabulary):
+  """A hash table token -> id in the vocabulary's layout (-1 for unknown)."""
+  import tensorflow as tf
+  tokens = np.asarray(vocab.tokens, dtype=object).astype(str)
+  if len(tokens) == 0:
+    return None
+  init = tf.lookup.KeyValueTensorInitializer(
+      tf.constant(tokens, tf.string),
+      tf.range(vocab.offset, vocab.offset + len(tokens), dtype=tf.int64))
+  return tf.lookup.StaticHashTable(init, default_value=-1)
+
+
+def lookup_ids(table, num_oov: int, strings, *, oov_to_pad: bool = False):
+  """Strings -> int32 ids: '' -> PAD, unknown -> a StringLookup-hashed OOV bucket (or PAD)."""
+  import tensorflow as tf
+  ids = table.lookup(strings) if table is not None else tf.fill(tf.shape(strings), tf.constant(
+      -1, tf.int64))
+  if oov_to_pad:
+    oov = tf.zeros_like(ids)
+  elif num_oov == 1:
+    oov = tf.ones_like(ids)
+  else:
+    oov = 1 + tf.strings.to_hash_bucket_fast(strings, num_oov)
+  ids = tf.where(ids < 0, oov, ids)
+  ids = tf.where(tf.equal(strings, ""), tf.zeros_like(ids), ids)
+  return tf.cast(ids, tf.int32)
+
+
+def tokenize(strings, max_tokens: int):
+  """[B] multi-valued strings -> [B, max_tokens] tokens, '' padded (twin of
+  features.tokenize: split on runs of spaces and '|', keep the first max_tokens)."""
+  import tensorflow as tf
+  clean = tf.strings.strip(tf.strings.regex_replace(strings, SEPARATORS, " "))
+  parts = tf.strings.split(clean, " ")
+  return parts.to_tensor(default_value="", shape=[None, max_tokens])
+
+
+def right_align(ids, length: int):
+  """[B, L'] ids with PAD anywhere -> [B, L]: the last L non-PAD ids, in order, PAD in front."""
+  import tensorflow as tf
+  keep = tf.not_equal(ids, PAD)
+  from_end = tf.cumsum(tf.cast(keep, tf.int32), axis=1, reverse=True)
+  keep = keep & (from_end <= length)
+  rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(ids))
+  where = tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(length - from_end, keep)], 1)
+  return tf.scatter_nd(where, tf.boolean_mask(ids, keep), [tf.shape(ids)[0], length])
+
+
+def _read_scann_assets(directory: str) -> dict:
+  """The tensors the ScaNN TF op rebuilds a searcher from, read from pybind's files."""
+  def blob(name):
+    with open(os.path.join(directory, name), "rb") as f:
+      return np.array([f.read()], dtype=object)
+
+  def array(name, dtype):
+    path = os.path.join(directory, name)
+    return (np.load(path, allow_pickle=False) if os.path.exists(path)
+            else np.zeros((), dtype))
+
+  return {"scann_config": blob("scann_config.pb"),
+          "serialized_partitioner": blob("serialized_partitioner.pb"),
+          "datapoint_to_token": array("datapoint_to_token.npy", np.int32),
+          "ah_codebook": blob("ah_codebook.pb"),
+          "hashed_dataset": array("hashed_dataset.npy", np.uint8),
+          "int8_dataset": array("int8_dataset.npy", np.int8),
+          "int8_multipliers": array("int8_multipliers.npy", np.float32),
+          "dp_norms": array("dp_norms.npy", np.float32)}
+
+
+def build_query_module(user_tower, data, history_length: int, index: index_lib.Index,
+                       item_ids: np.ndarray, searcher_dir: Optional[str],
+                       shared_name: str):
+  """A tf.Module with ``embed``, ``top_k`` (ScaNN or exact) and ``brute_force`` functions
+  over raw string inputs, plus the signatures to save them under."""
+  import tensorflow as tf
+
+  specs = list(data.user_features.specs)
+  user_table = lookup_table(data.user_vocab)
+  item_table = lookup_table(data.item_vocab)
+  feature_tables = {s.name: lookup_table(s.vocab) for s in specs}
+  n = index.num_items
+  module = tf.Module(name="query_model")
+  module.tables = [t for t in [user_table, item_table, *feature_tables.values()] if t]
+  module.tower_variables = list(user_tower.variables)
+  module.item_ids = tf.Variable(np.asarray(item_ids, dtype=object).astype(str),
+                                trainable=False, name="item_ids")
+  module.item_embeddings = tf.Variable(index.embeddings, trainable=False,
+                                       name="item_embeddings")
+  scann = None
+  if index.kind == index_lib.SCANN:
+    from scann.scann_ops.py import scann_ops
+    assets = _read_scann_assets(searcher_dir)
+    module.scann_state = {k: tf.Variable(v, trainable=False, name=k) for k, v in assets.items()}
+    scann = scann_ops
+
+  spec = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
+          "history": tf.TensorSpec([None, None], tf.string, name="history")}
+  for s in specs:
+    spec[s.name] = tf.TensorSpec([None], tf.string, name=s.name)
+  k_spec = dict(spec, k=tf.TensorSpec([], tf.int32, name="k"))
+
+  def features(inputs):
+    user_ids = lookup_ids(user_table, data.user_vocab.num_oov_buckets, inputs["user_id"])
+    # Unknown items carry no signal (their OOV row was never trained): dropped.
+    history = lookup_ids(item_table, 1, inputs["history"], oov_to_pad=True)
+    out = {"user_id": user_ids, "history": right_align(history, history_length)}
+    for s in specs:
+      raw = inputs[s.name]
+      if s.kind == types.TOKEN_SEQ:
+        raw = tokenize(raw, s.max_tokens)
+      out[s.name] = lookup_ids(feature_tables[s.name], s.vocab.num_oov_buckets, raw)
+    return out
+
+  def embed(inputs):
+    return tf.cast(user_tower(features(inputs), training=False), tf.float32)
+
+  def clip_k(k):
+    return tf.clip_by_value(k, 0, n)
+
+  def exact(inputs):
+    query = embed(inputs)
+    scores = tf.matmul(query, module.item_embeddings, transpose_b=True)
+    scores, rows = tf.math.top_k(scores, k=clip_k(inputs["k"]))
+    return {"item_ids": tf.gather(module.item_ids, rows), "scores": scores}
+
+  def approximate(inputs):
+    query = embed(inputs)
+    st = module.scann_state
+    handle = scann.tensors_to_scann(
+        module.item_embeddings, st["scann_config"], st["serialized_partitioner"],
+        st["datapoint_to_token"], st["ah_codebook"], st["hashed_dataset"],
+        st["int8_dataset"], st["int8_multipliers"], st["dp_norms"], shared_name=shared_name)
+    k = clip_k(inputs["k"])
+    tuned = index.params["pre_reorder_num_neighbors"]
+    depth = tf.maximum(tuned, -(-tuned * k // index.params["tuned_k"]))
+    depth = tf.minimum(tf.maximum(depth, k), n)
+    rows, scores = scann.scann_search_batched(   # ScaNN reads k <= 0 as "its default"
+        handle, query, tf.maximum(k, 1), tf.maximum(depth, 1),
+        index.params["leaves_to_search"], False)
+    # Fewer than k found (a large k searches only the tuned leaves): pad to width k.
+    pad = [[0, 0], [0, tf.maximum(k - tf.shape(rows)[1], 0)]]
+    rows = tf.pad(rows, pad)[:, :k]
+    scores = tf.pad(scores, pad, constant_values=np.nan)[:, :k]
+    found = tf.logical_not(tf.math.is_nan(scores))
+    ids = tf.where(found, tf.gather(module.item_ids, rows), tf.constant(""))
+    scores = tf.where(found, scores, tf.constant(-np.inf, tf.float32))
+    return {"item_ids": ids, "scores": scores}
+
+  module.embed = tf.function(lambda inputs: {"embedding": embed(inputs)},
+                             input_signature=[spec])
+  module.brute_force = tf.function(exact, input_signature=[k_spec])
+  module.top_k = tf.function(approximate if scann else exact, input_signature=[k_spec])
+  signatures = {"serving_default": module.top_k.get_concrete_function(),
+                "brute_force": module.brute_force.get_concrete_function(),
+                "embed": module.embed.get_concrete_function()}
+  return module, signatures
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def user_defaults(data, history_length: int) -> dict:
+  """Per known user: raw latest features and last L items of the whole log (strings)."""
+  from twotower.index import latest_histories
+  tokens = np.asarray(data.user_vocab.tokens, dtype=object)
+  ids = np.arange(data.user_vocab.offset, len(data.user_vocab), dtype=np.int32)
+  history = np.full((len(ids), history_length), "", dtype=object)
+  users, items = latest_histories(data, history_length)
+  history[users - data.user_vocab.offset] = data.item_vocab.token(items)
+  out = {"user_id": tokens.astype(str), "history": history.astype(str)}
+  for spec in data.user_features.specs:
+    values = data.user_features.values[spec.name][ids]
+    raw = spec.vocab.token(values)
+    if spec.kind == types.TOKEN_SEQ:
+      raw = np.array([" ".join(t for t in row if t) for row in raw], dtype=object)
+    out[f"feature/{spec.name}"] = raw.astype(str)
+  return out
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _versions() -> dict:
+  out = {"python": platform.python_version(), "twotower": twotower.__version__}
+  for package in _PACKAGES:
+    out[package] = index_lib._version(package)  # pylint: disable=protected-access
+  return out
+
+
+def _shared_name(index_meta: dict) -> str:
+  """Process-wide cache key of the in-graph searcher: a function of the index files."""
+  digest = hashlib.sha256(json.dumps(index_meta["files"], sort_keys=True).encode())
+  return f"twotower_scann_{digest.hexdigest()[:32]}"
+
+
+def export(workdir: str, export_dir: Optional[str] = None, *,
+           include_ranking: Optional[bool] = None,
+           extra_writers: Sequence[Callable[[object, str], None]] = ()) -> str:
+  """Writes the serving export of a trained and indexed workdir; returns its path.
+
+  ``include_ranking``: add the ranking head's SavedModel (``ranking_model/``, which
+  ``Recommender.load`` then uses to re-rank); None: whenever the workdir has a trained head.
+  ``extra_writers`` are called as ``writer(run, dir)`` inside the temporary export directory
+  before the manifest, so their files are swapped in atomically and fingerprinted with the
+  rest.
+  """
+  from twotower.model import ranking as ranking_lib
+  from twotower.model.encoding import Encoder
+  from twotower.workdir import Workdir, load_trained
+  wd = Workdir(workdir)
+  has_head = os.path.exists(ranking_lib.ranking_paths(workdir)["best"] + ".index")
+  if include_ranking and not has_head:
+    raise FileNotFoundError(f"{workdir} holds no trained ranking head; run twotower-rank "
+                            f"--workdir={workdir} first, or export without it")
+  include_ranking = has_head if include_ranking is None else include_ranking
+  export_dir = os.path.abspath(export_dir or wd.export)
+  if not os.path.exists(os.path.join(wd.index, index_lib.INDEX_JSON)):
+    raise FileNotFoundError(
+        f"{wd.index} holds no candidate index: run twotower-index --workdir={workdir} "
+        f"before twotower-export")
+  run = load_trained(workdir)
+  index = index_lib.load_index(wd.index)
+  encoder = Encoder(run.model, run.data)
+  current = encoder.items()
+  if current.shape != index.embeddings.shape or not np.allclose(
+      current, index.embeddings, atol=1e-4):
+    raise index_lib.IntegrityError(
+        f"{wd.index} was built from other item embeddings than the trained model's (was the "
+        f"model retrained?); rerun twotower-index --workdir={workdir}")
+  history_length = run.config.data.history_length
+  defaults = user_defaults(run.data, history_length)
+  # Reference embeddings of a few known users through the training-time path (this also
+  # builds the user tower, whose restored weights are created on first call).
+  users, history = index_lib.latest_histories(run.data, history_length)
+  check = np.linspace(0, len(users) - 1, min(len(users), 16)).astype(int)
+  expected = encoder.users(users[check], history[check])
+  check_rows = users[check] - run.data.user_vocab.offset
+
+  with index_lib.atomic_directory(export_dir) as tmp:
+    index_meta = _copy_index(wd.index, tmp)
+    np.savez(os.path.join(tmp, USER_DEFAULTS), **defaults)
+    _save_query_model(run, index, index_meta, os.path.join(tmp, INDEX_DIR),
+                      os.path.join(tmp, QUERY_MODEL), history_length, defaults,
+                      check_rows, expected)
+    writers = list(extra_writers)
+    if include_ranking:
+      writers.insert(0, lambda run_, out: ranking_lib.export_ranking_model(workdir, out, run_))
+    for writer in writers:
+      writer(run, tmp)
+    manifest = {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "config": json.loads(run.config.to_json()),
+        "workdir": os.path.abspath(workdir),
+        "index": {k: index_meta[k] for k in ("kind", "metric", "num_items", "dim",
+                                             "fingerprint", "params", "searcher_dir")},
+        "history_length": history_length,
+        "user_features": [s.describe() for s in run.data.user_features.specs],
+        "query_model": {
+            "path": QUERY_MODEL,
+            "requires": (["tensorflow", "scann"] if index.kind == index_lib.SCANN
+                         else ["tensorflow"]),
+            "signatures": {
+                "serving_default": ("top-k item ids and scores"
+                                    + (" (ScaNN)" if index.kind == index_lib.SCANN
+                                       else " (exact)")),
+                "brute_force": "exact top-k item ids and scores",
+                "embed": "user embedding"},
+            "inputs": {"user_id": "string [B]", "history": "string [B, L] ('' padded)",
+                       **{s.name: "string [B]" + (" (space/'|'-separated tokens)"
+                                                  if s.kind == types.TOKEN_SEQ else "")
+                          for s in run.data.user_features.specs},
+                       "k": "int32 scalar (serving_default, brute_force)"},
+            "shared_name": _shared_name(index_meta)},
+        "ranking_model": ({"path": ranking_lib.SAVED_MODEL_DIR, "requires": ["tensorflow"],
+                           "signatures": {"serving_default": "scores of candidate item ids"}}
+                          if include_ranking else None),
+        "files": {rel: {"sha256": digest,
+                        "bytes": os.path.getsize(os.path.join(tmp, *rel.split("/")))}
+                  for rel, digest in index_lib.file_hashes(tmp).items()},
+    }
+    fileio.atomic_write_json(os.path.join(tmp, MANIFEST), manifest)
+  logging.info("exported %s (%s index over %d items)", export_dir, index.kind, index.num_items)
+  return export_dir
+
+
+def _copy_index(index_dir: str, tmp: str) -> dict:
+  """Copies the workdir's index into the export (searcher under index/), byte for byte."""
+  meta = fileio.read_json(os.path.join(index_dir, index_lib.INDEX_JSON))
+  files = {}
+  for rel, digest in meta["files"].items():
+    parts = rel.split("/")
+    if meta.get("searcher_dir") and parts[0] == meta["searcher_dir"]:
+      parts = [INDEX_DIR] + parts[1:]
+    dst = os.path.join(tmp, *parts)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(os.path.join(index_dir, *rel.split("/")), dst)
+    files["/".join(parts)] = digest
+  meta["files"] = files
+  if meta.get("searcher_dir"):
+    meta["searcher_dir"] = INDEX_DIR
+  fileio.atomic_write_json(os.path.join(tmp, index_lib.INDEX_JSON), meta)
+  index_lib.verify_files(tmp, files, "export", "rerun twotower-export")
+  return meta
+
+
+def _save_query_model(run, index, index_meta, searcher_dir, path, history_length, defaults,
+                      check_rows, expected):
+  import tensorflow as tf
+  module, signatures = build_query_module(
+      run.model.user_tower, run.data, history_length, index,
+      index_lib.load_item_ids(os.path.join(os.path.dirname(path), index_lib.ITEM_IDS)),
+      searcher_dir if index.kind == index_lib.SCANN else None, _shared_name(index_meta))
+  specs = run.data.user_features.specs
+  # The raw-string graph must reproduce the training-time embeddings of known users.
+  if len(check_rows):
+    got = module.embed(default_inputs(specs, defaults, check_rows))["embedding"].numpy()
+    if not np.allclose(got, expected, atol=1e-5):
+      raise AssertionError("the exported query model disagrees with the trained user tower "
+                           f"(max |diff| {np.abs(got - expected).max():.3g})")
+  # Warm-up: traces every signature and, for ScaNN, builds the in-graph searcher once.
+  sample = default_inputs(specs, defaults, check_rows[:1], k=min(10, index.num_items))
+  for name in ("top_k", "brute_force"):
+    out = getattr(module, name)(sample)
+    if not np.isfinite(out["scores"].numpy()).all():
+      raise ValueError(f"the exported {name} function returned non-finite scores")
+  tf.saved_model.save(module, path, signatures=signatures,
+                      options=tf.saved_model.SaveOptions(namespace_whitelist=[SCANN_NAMESPACE]))
+
+
+def default_inputs(specs, defaults: dict, rows, k: Optional[int] = None) -> dict:
+  """Raw signature inputs of known users (their defaults); an empty request if none."""
+  import tensorflow as tf
+  rows = np.asarray(rows, np.int64)
+  if len(rows):
+    out = {"user_id": defaults["user_id"][rows], "history": defaults["history"][rows]}
+    out.update({s.name: defaults[f"feature/{s.name}"][rows] for s in specs})
+  else:
+    out = {"user_id": np.array([""]), "history": np.array([[""]])}
+    out.update({s.name: np.array([""]) for s in specs})
+  out = {key: tf.constant(np.asarray(v).astype(str)) for key, v in out.items()}
+  if k is not None:
+    out["k"] = tf.constant(k, tf.int32)
+  return out

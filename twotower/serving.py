@@ -1,0 +1,312 @@
+"""The Python serving function: raw user features -> candidates -> (re-ranked) top-k.
+
+``Recommender.load(export_dir)`` checks the export against its manifest (every file's
+sha256, the index fingerprint), registers ScaNN's TF ops before loading the query SavedModel
+(so "Op type not registered 'Scann>...'" cannot happen), and answers one warm-up query.
+A request is a dict of raw features as they appear in the input files::
+
+  rec.recommend({"user_id": "196", "history": ["242", "302"], "age": "49"}, k=10,
+                exclude_items=["51"])
+
+Missing fields of a known user come from the export's per-user defaults (latest features,
+last L items of the whole log); unknown users and ids fall back to OOV buckets, unknown
+history items are dropped, only the L most recent known history items count. Bad requests
+(not a dict, unknown field names, wrong types) raise ValueError naming the field.
+
+Embedding runs the exported ``embed`` signature (the same graph TF Serving would run);
+candidates come from the pybind ScaNN searcher (``search_batched``), asked for k plus the
+number of excluded items so that exclusions are removed before the cut; a row that still
+comes back short is searched exactly. Everything after ``load`` is read-only: one
+Recommender serves many threads.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from twotower import export as export_lib
+from twotower import fileio
+from twotower import index as index_lib
+from twotower.data import types
+
+IntegrityError = index_lib.IntegrityError
+# (users, candidate item ids per user) -> a score per candidate, higher is better.
+Reranker = Callable[[list, list], Sequence[Sequence[float]]]
+
+_FIX = "re-export it with twotower-export"
+
+
+def _verify_export(export_dir: str, verify: bool) -> dict:
+  if not os.path.isdir(export_dir):
+    raise FileNotFoundError(f"{export_dir} is not an export directory: create one with "
+                            f"twotower-export --workdir=... --export_dir={export_dir}")
+  path = os.path.join(export_dir, export_lib.MANIFEST)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is missing: {export_dir} is not a complete export; "
+                            f"{_FIX}")
+  try:
+    manifest = fileio.read_json(path)
+    files = {rel: entry["sha256"] for rel, entry in manifest["files"].items()}
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise IntegrityError(f"{path} is corrupted ({e!r}); {_FIX}") from None
+  if manifest.get("format") != export_lib.FORMAT or "history_length" not in manifest:
+    raise IntegrityError(f"{path}: unsupported export format {manifest.get('format')!r}")
+  if verify:
+    index_lib.verify_files(export_dir, files, "export", _FIX)
+  else:
+    for rel in files:
+      try:
+        path = fileio.resolve_inside(export_dir, rel)
+      except ValueError as e:
+        raise IntegrityError(f"export: {e}; {_FIX}") from None
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"export: {path} is missing; {_FIX}")
+  return manifest
+
+
+def _as_token(value, field: str) -> str:
+  """A raw id or categorical value: a string, or an int (file values are strings)."""
+  if isinstance(value, str):
+    return value
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    return str(value)
+  raise ValueError(f"{field} must be a string (or an integer id), got "
+                   f"{type(value).__name__}: {value!r}")
+
+
+def _as_list(value, field: str) -> list:
+  if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or isinstance(
+      value, Mapping):
+    raise ValueError(f"{field} must be a list of item ids, got {type(value).__name__}: "
+                     f"{value!r:.80}")
+  return list(value)
+
+
+class Recommender:
+  """Top-k recommendations from an export; see the module docstring."""
+
+  def __init__(self, *, query_model, index: index_lib.Index, item_ids: np.ndarray,
+               defaults: Mapping[str, np.ndarray], manifest: dict,
+               reranker: Optional[Reranker] = None, rerank_candidates: int = 100):
+    self.query_model = query_model
+    self.index = index
+    self.manifest = manifest
+    self.item_ids = np.asarray(item_ids, dtype=object)
+    self.history_length = int(manifest["history_length"])
+    self._features = [(f["name"], f["kind"]) for f in manifest["user_features"]]
+    self._fields = {"user_id", "history"} | {name for name, _ in self._features}
+    self._embed = query_model.signatures["embed"]
+    self._item_index = pd.Index(self.item_ids)
+    # Per known user: raw latest features and last L items (see export.user_defaults).
+    self.defaults = {key: np.asarray(value) for key, value in defaults.items()}
+    self._user_index = pd.Index(self.defaults["user_id"].astype(object))
+    if rerank_candidates < 1:
+      raise ValueError(f"rerank_candidates must be positive, got {rerank_candidates}")
+    self.reranker = reranker
+    self.rerank_candidates = int(rerank_candidates)
+
+  @classmethod
+  def load(cls, export_dir: str, *, reranker: Optional[Reranker] = None,
+           rerank: bool = True, rerank_candidates: int = 100,
+           verify: bool = True) -> "Recommender":
+    """Loads and checks an export (clear errors if missing, corrupt or mismatched).
+
+    With ``rerank`` and no ``reranker`` given, an export holding a ranking head re-ranks
+    the top ``rerank_candidates`` retrieved items with it (two-stage); ``rerank=False``
+    serves the retrieval order.
+    """
+    export_dir = os.path.abspath(export_dir)
+    manifest = _verify_export(export_dir, verify)
+    index = index_lib.load_index(export_dir, verify=verify, check_files=False)
+    recorded = manifest.get("index") or {}
+    if index.fingerprint != recorded.get("fingerprint") or index.kind != recorded.get("kind"):
+      raise IntegrityError(f"export {export_dir}: the index does not match the manifest "
+                           f"(fingerprint or kind differ); {_FIX}")
+    try:
+      with np.load(os.path.join(export_dir, export_lib.USER_DEFAULTS),
+                   allow_pickle=False) as npz:
+        defaults = {key: npz[key] for key in npz.files}
+    except (ValueError, OSError) as e:
+      raise IntegrityError(f"export {export_dir}: {export_lib.USER_DEFAULTS} is unreadable "
+                           f"({e}); {_FIX}") from None
+    import tensorflow as tf
+    import scann  # noqa: F401  (registers the Scann>* TF ops the SavedModel uses)
+    try:
+      query_model = tf.saved_model.load(os.path.join(export_dir, export_lib.QUERY_MODEL))
+    except Exception as e:  # pylint: disable=broad-except
+      raise IntegrityError(f"export {export_dir}: the query SavedModel does not load "
+                           f"({type(e).__name__}: {str(e)[:300]}); {_FIX}") from e
+    ranking_entry = manifest.get("ranking_model")
+    if reranker is None and rerank and ranking_entry:
+      from twotower.model.ranking import SavedModelReranker
+      try:
+        path = fileio.resolve_inside(export_dir, ranking_entry["path"])
+        reranker = SavedModelReranker(path)
+      except Exception as e:  # pylint: disable=broad-except
+        raise IntegrityError(f"export {export_dir}: the ranking SavedModel does not load "
+                             f"({type(e).__name__}: {str(e)[:300]}); {_FIX}") from e
+    rec = cls(query_model=query_model, index=index, item_ids=index.item_ids,
+              defaults=defaults, manifest=manifest, reranker=reranker,
+              rerank_candidates=rerank_candidates)
+    rec._warm_up()
+    return rec
+
+  # ------------------------------------------------------------------ requests
+
+  def normalize(self, user) -> dict:
+    """A request with defaults filled in: {'user_id': str, 'history': [str] (the L most
+    recent known items), feature: str}."""
+    if not isinstance(user, Mapping):
+      raise ValueError(f"a user must be a dict of raw features, got {type(user).__name__}")
+    unknown = set(user) - self._fields
+    if unknown:
+      raise ValueError(f"unknown user field(s) {sorted(map(str, unknown))}; this model "
+                       f"takes {sorted(self._fields)}")
+    value = user.get("user_id")
+    user_id = "" if value is None else _as_token(value, "user_id")
+    row = self._user_index.get_indexer([user_id])[0] if user_id else -1
+    out = {"user_id": user_id}
+    value = user.get("history")
+    if value is not None:
+      history = [_as_token(h, "history item") for h in _as_list(value, "history")]
+    elif row >= 0:
+      history = [h for h in self.defaults["history"][row].tolist() if h]
+    else:
+      history = []
+    if history:
+      known = self._item_index.get_indexer(history) >= 0
+      history = [h for h, ok in zip(history, known) if ok]
+    out["history"] = history[-self.history_length:] if self.history_length else []
+    for name, kind in self._features:
+      value = user.get(name)
+      if value is None:
+        value = str(self.defaults[f"feature/{name}"][row]) if row >= 0 else ""
+      elif kind == types.TOKEN_SEQ and not isinstance(value, str):
+        value = " ".join(_as_token(v, name) for v in _as_list(value, name))
+      else:
+        value = _as_token(value, name)
+      out[name] = value
+    return out
+
+  def _inputs(self, users: list[dict]) -> dict:
+    import tensorflow as tf
+    history = np.full((len(users), self.history_length), "", dtype=object)
+    for b, u in enumerate(users):
+      if u["history"]:
+        history[b, self.history_length - len(u["history"]):] = u["history"]
+    out = {"user_id": np.array([u["user_id"] for u in users], dtype=object),
+           "history": history}
+    for name, _ in self._features:
+      out[name] = np.array([u[name] for u in users], dtype=object)
+    return {key: tf.constant(value.astype(str)) for key, value in out.items()}
+
+  def embed(self, users: Sequence[Mapping], batch_size: int = 1024) -> np.ndarray:
+    """User embeddings [B, D] of raw requests."""
+    normalized = [self.normalize(u) for u in self._as_users(users)]
+    return self._embed_normalized(normalized, batch_size)
+
+  def _embed_normalized(self, users: list[dict], batch_size: int = 1024) -> np.ndarray:
+    out = [self._embed(**self._inputs(users[s:s + batch_size]))["embedding"].numpy()
+           for s in range(0, len(users), batch_size)]
+    dim = self.index.embeddings.shape[1]
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+  @staticmethod
+  def _as_users(users) -> list:
+    if isinstance(users, Mapping) or isinstance(users, (str, bytes)):
+      raise ValueError("users must be a list of user dicts (use recommend() for one user)")
+    return list(users)
+
+  # ------------------------------------------------------------------ recommend
+
+  def recommend(self, user: Mapping, k: int = 10,
+                exclude_items: Iterable = ()) -> list[tuple[str, float]]:
+    """The top-k (item_id, score) for one user, best first, excluded items removed before
+    the cut (k results whenever the corpus has k non-excluded items)."""
+    return self.recommend_batch([user], k, [exclude_items])[0]
+
+  def recommend_batch(self, users: Sequence[Mapping], k: int = 10,
+                      exclude_items: Optional[Sequence[Iterable]] = None
+                      ) -> list[list[tuple[str, float]]]:
+    """recommend() for many users at once (one embedding call, one batched search)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+      raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    users = self._as_users(users)
+    if exclude_items is None:
+      exclude_items = [()] * len(users)
+    else:
+      if isinstance(exclude_items, (str, bytes, Mapping)):
+        raise ValueError("exclude_items must be a list with one iterable of item ids per user")
+      exclude_items = list(exclude_items)
+      if len(exclude_items) != len(users):
+        raise ValueError(f"exclude_items has {len(exclude_items)} entries for {len(users)} "
+                         f"users; pass one iterable of item ids per user")
+    normalized = [self.normalize(u) for u in users]
+    excluded = [self._rows(ex) for ex in exclude_items]
+    if not users or k == 0:
+      return [[] for _ in users]
+    queries = self._embed_normalized(normalized)
+    depth = max(k, self.rerank_candidates) if self.reranker else k
+    rows, scores = self._retrieve(queries, depth, excluded)
+    if self.reranker is not None:
+      return self._rerank(normalized, rows, k)
+    return [[(self.item_ids[r], float(s)) for r, s in zip(rr[:k], ss[:k])]
+            for rr, ss in zip(rows, scores)]
+
+  def _rows(self, items) -> np.ndarray:
+    items = [_as_token(i, "excluded item") for i in _as_list(items, "exclude_items entry")]
+    if not items:
+      return np.zeros(0, np.int64)
+    rows = self._item_index.get_indexer(items)
+    return np.unique(rows[rows >= 0])   # unknown items cannot be recommended anyway
+
+  def _retrieve(self, queries: np.ndarray, n: int, excluded: list[np.ndarray]):
+    """Per user, the best min(n, available) corpus rows and scores, exclusions removed."""
+    total = self.index.num_items
+    n = min(n, total)
+    out_rows, out_scores = [], []
+    if self.index.searcher is None:
+      rows, scores = index_lib.exact_top_k(queries, self.index.embeddings, n, exclude=excluded)
+    else:
+      extra = max((len(e) for e in excluded), default=0)
+      rows, scores = self.index.search(queries, min(total, n + extra))
+    for b, (rr, ss) in enumerate(zip(rows, scores)):
+      keep = (rr >= 0) & np.isfinite(ss)
+      if len(excluded[b]):
+        keep &= ~np.isin(rr, excluded[b])
+      rr, ss = rr[keep][:n], ss[keep][:n]
+      want = min(n, total - len(excluded[b]))
+      if len(rr) < want:   # the approximate search came back short: search this row exactly
+        rr, ss = index_lib.exact_top_k(queries[b:b + 1], self.index.embeddings, want,
+                                       exclude=[excluded[b]])
+        rr, ss = rr[0], ss[0]
+      out_rows.append(rr)
+      out_scores.append(ss)
+    return out_rows, out_scores
+
+  def _rerank(self, users: list[dict], rows: list[np.ndarray], k: int):
+    candidates = [[self.item_ids[r] for r in rr] for rr in rows]
+    scores = self.reranker(users, candidates)
+    if len(scores) != len(users):
+      raise ValueError(f"the reranker returned {len(scores)} score lists for {len(users)} users")
+    out = []
+    for cand, sc in zip(candidates, scores):
+      sc = np.asarray(sc, np.float64).reshape(-1)
+      if len(sc) != len(cand):
+        raise ValueError(f"the reranker returned {len(sc)} scores for {len(cand)} candidates")
+      order = np.argsort(-sc, kind="stable")[:k]
+      out.append([(cand[i], float(sc[i])) for i in order])
+    return out
+
+  def _warm_up(self) -> None:
+    """One query through every stage, so the first real request pays no tracing or
+    hash-table construction."""
+    user = {"user_id": str(self.defaults["user_id"][0])} if len(self._user_index) else {}
+    self._item_index.get_indexer(self.item_ids[:1])
+    self._user_index.get_indexer([""])
+    self.recommend(user, k=min(10, self.index.num_items),
+                   exclude_items=list(self.item_ids[:1]))
