@@ -1,7 +1,6 @@
 """The end-to-end job behind twotower-pipeline, importable for tests and notebooks."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Optional
 
@@ -13,16 +12,18 @@ from twotower.workdir import Workdir
 
 def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = None,
                  sample_user_id: Optional[str] = None, rank: bool = True) -> dict:
-  """Trains, (ranks,) indexes, exports and asks the export for one recommendation."""
+  """Trains, ranks (unless ``rank=False``), indexes, exports, and asks the export for one
+  recommendation, re-ranked by the head when there is one. Every stage resumes or
+  overwrites atomically, so a rerun after an interruption picks up where it stopped."""
   from twotower.train import loop
   metrics = loop.train(config, workdir)
   summary = {"workdir": workdir, "retrieval": metrics["final"]}
-  if rank and importlib.util.find_spec("twotower.train.ranking") is not None:
+  if rank:
     from twotower.train import ranking
-    summary["ranking"] = ranking.train_ranking(workdir)
+    summary["ranking"] = ranking.train_ranking(workdir)["final"]
   from twotower import export, index, serving
   summary["index"] = index.build_index(workdir)
-  export_dir = export.export(workdir, export_dir)
+  export_dir = export.export(workdir, export_dir, include_ranking=rank)
   summary["export_dir"] = export_dir
   recommender = serving.Recommender.load(export_dir)
   user_id = sample_user_id or _sample_user(workdir)

@@ -29,9 +29,11 @@ from twotower.data import types
 from twotower.data.features import SEPARATORS, FeatureSpec
 from twotower.data.pipeline import HISTORY
 from twotower.data.vocab import PAD, Vocabulary
-from twotower.model.towers import FeatureEmbeddings, masked_mean, mlp
+from twotower.model.towers import FeatureEmbeddings, masked_mean
 
 LOSSES = ("softmax", "bce")
+EXAMPLES = ("train", "valid")
+RECENT = 3   # history positions that count as "recent" for the similarity features
 SAVED_MODEL_DIR = "ranking_model"
 
 
@@ -39,10 +41,13 @@ SAVED_MODEL_DIR = "ranking_model"
 class RankingConfig:
   """Options of the ranking job, saved as ``<workdir>/ranking/config.json``."""
   # Candidates and examples.
+  examples: str = "train"              # train | valid: which split's interactions are examples
+  holdout_fraction: float = 0.3        # examples=valid: validation users kept for early stop
   num_candidates: int = 100            # retrieval top-N: mined for negatives, re-ranked
   npratio: int = 4                     # negatives per positive
+  reachable_only: bool = True          # only positives the retrieval top-N contains
   random_negative_fraction: float = 0.0   # share of the negatives drawn from the whole corpus
-  loss: str = "softmax"                # softmax: listwise over 1 + npratio; bce: pointwise
+  loss: str = "bce"                    # bce: pointwise; softmax: listwise over 1 + npratio
   rating_threshold: Optional[float] = None   # label >= threshold is positive (ratings only)
   # Architecture.
   embedding_dim: int = 32
@@ -50,7 +55,10 @@ class RankingConfig:
   cross_projection_dim: int = 64       # low-rank DCN-v2 cross; 0: full rank
   layers: Sequence[int] = (256, 128)
   dropout: float = 0.1
-  history_similarity: bool = True      # candidate . history item features (max, mean)
+  history_similarity: bool = True      # candidate . history items: max, mean, recent
+  history_attention: bool = True       # DIN-style candidate-specific pooling of the history
+  id_embeddings: bool = True           # the head's own user and candidate id embeddings
+  popularity: bool = True              # log training count of the candidate (see below)
   residual_dot: bool = True            # add w * tower dot product, w init 1 / temperature
   # Training.
   batch_size: int = 256
@@ -58,7 +66,7 @@ class RankingConfig:
   learning_rate: float = 0.001
   optimizer: str = "adam"
   global_clipnorm: float = 0.0
-  early_stopping_metric: str = "rerank_ndcg@10"
+  early_stopping_metric: str = "two_stage_ndcg@10"
   patience: int = 3
   lr_plateau_patience: int = 2
   lr_plateau_factor: float = 0.5
@@ -74,6 +82,10 @@ class RankingConfig:
          f"--npratio ({self.npratio}) must be below --num_candidates ({self.num_candidates})"),
         (0.0 <= self.random_negative_fraction <= 1.0,
          f"--random_negative_fraction must be in [0, 1], got {self.random_negative_fraction}"),
+        (self.examples in EXAMPLES,
+         f"--examples must be one of {EXAMPLES}, got {self.examples!r}"),
+        (0.0 < self.holdout_fraction < 1.0,
+         f"--holdout_fraction must be in (0, 1), got {self.holdout_fraction}"),
         (self.loss in LOSSES, f"--ranking_loss must be one of {LOSSES}, got {self.loss!r}"),
         (self.embedding_dim > 0, f"--embedding_dim must be positive, got {self.embedding_dim}"),
         (self.cross_layers >= 0, f"--cross_layers must be >= 0, got {self.cross_layers}"),
@@ -105,6 +117,18 @@ class RankingConfig:
       return cls.from_dict(json.load(f))
 
 
+def _scoring_mlp(layer_sizes: Sequence[int], dropout: float) -> tf_keras.Sequential:
+  """ReLU layers and a zero-initialised output: the untrained head adds exactly 0 to the
+  retrieval logit, so training starts from the retrieval order instead of from noise."""
+  layers = []
+  for i, units in enumerate(layer_sizes):
+    layers.append(tf_keras.layers.Dense(units, activation="relu", name=f"rank_dense{i}"))
+    if dropout > 0:
+      layers.append(tf_keras.layers.Dropout(dropout))
+  layers.append(tf_keras.layers.Dense(1, kernel_initializer="zeros", name="rank_output"))
+  return tf_keras.Sequential(layers, name="rank_mlp")
+
+
 class RankingModel(tfrs.Model):
   """Scores [B, N] candidates of B users; trained with ``tfrs.tasks.Ranking``.
 
@@ -116,7 +140,8 @@ class RankingModel(tfrs.Model):
   def __init__(self, *, user_tower: tf_keras.Model, item_embeddings: np.ndarray,
                item_feature_values: dict, user_specs: Sequence[FeatureSpec],
                item_specs: Sequence[FeatureSpec], num_user_ids: int, num_item_ids: int,
-               config: RankingConfig, retrieval_temperature: float = 1.0):
+               config: RankingConfig, retrieval_temperature: float = 1.0,
+               item_counts: Optional[np.ndarray] = None):
     super().__init__()
     self.config = config
     # Frozen: the ranking head learns on top of the retrieval model, never changes it.
@@ -125,16 +150,27 @@ class RankingModel(tfrs.Model):
     self.item_embeddings = tf.Variable(np.asarray(item_embeddings, np.float32),
                                        trainable=False, name="frozen_item_embeddings")
     self._item_tables = {k: tf.constant(v) for k, v in item_feature_values.items()}
+    # Standardised log(1 + training count) per item id. The logQ-corrected towers score
+    # popularity out of the dot product on purpose; the head may put back what predicts.
+    counts = np.zeros(num_item_ids) if item_counts is None else np.asarray(item_counts, float)
+    log_counts = np.log1p(counts)
+    log_counts = (log_counts - log_counts.mean()) / max(float(log_counts.std()), 1e-6)
+    self.item_popularity = tf.Variable(log_counts.astype(np.float32)[:, None],
+                                       trainable=False, name="item_log_popularity")
     d = config.embedding_dim
     self.user_id_embedding = tf_keras.layers.Embedding(num_user_ids, d, name="rank_user_id")
     self.item_id_embedding = tf_keras.layers.Embedding(num_item_ids, d, name="rank_item_id")
     self.user_features = FeatureEmbeddings(user_specs, d, name="rank_user_features")
+    if config.history_attention:
+      self.attention = tf_keras.Sequential(
+          [tf_keras.layers.Dense(32, activation="relu", name="attention_hidden"),
+           tf_keras.layers.Dense(1, name="attention_logit")], name="history_attention")
     self.item_features = FeatureEmbeddings(item_specs, d, name="rank_item_features")
     self.crosses = [
         tfrs.layers.dcn.Cross(projection_dim=config.cross_projection_dim or None,
                               kernel_initializer="glorot_uniform", name=f"cross{i}")
         for i in range(config.cross_layers)]
-    self.mlp = mlp(config.layers, 1, config.dropout, name="rank_mlp")
+    self.mlp = _scoring_mlp(config.layers, config.dropout)
     self.dot_weight = tf.Variable(
         1.0 / retrieval_temperature if config.residual_dot else 0.0,
         trainable=config.residual_dot, dtype=tf.float32, name="dot_weight")
@@ -156,15 +192,25 @@ class RankingModel(tfrs.Model):
     user_frozen_rep = tf.repeat(user_frozen, n, axis=0)
     dot = tf.reduce_sum(user_frozen_rep * item_frozen, axis=-1, keepdims=True)
 
-    user_parts = [self.user_id_embedding(user["user_id"])] + self.user_features(user)
-    user_parts.append(masked_mean(self.item_id_embedding(history), history))
+    history_emb = self.item_id_embedding(history)                               # [B, L, d]
+    user_parts = self.user_features(user) + [masked_mean(history_emb, history)]
     item_dict = {"item_id": flat}
     item_dict.update({k: tf.gather(t, flat) for k, t in self._item_tables.items()})
-    item_parts = [self.item_id_embedding(flat)] + self.item_features(item_dict)
-    parts = [tf.repeat(tf.concat(user_parts, -1), n, axis=0), tf.concat(item_parts, -1),
-             user_frozen_rep, item_frozen, user_frozen_rep * item_frozen, dot]
+    item_id_emb = self.item_id_embedding(flat)
+    item_parts = self.item_features(item_dict)
+    if self.config.id_embeddings:
+      user_parts.append(self.user_id_embedding(user["user_id"]))
+      item_parts.append(item_id_emb)
+    parts = [tf.repeat(tf.concat(user_parts, -1), n, axis=0), user_frozen_rep, item_frozen,
+             user_frozen_rep * item_frozen, dot]
+    if item_parts:
+      parts.append(tf.concat(item_parts, -1))
+    if self.config.popularity:
+      parts.append(tf.gather(self.item_popularity, flat))
     if self.config.history_similarity:
       parts += self._history_similarity(item_frozen, history, batch, n)
+    if self.config.history_attention:
+      parts.append(self._attend(item_id_emb, history_emb, history, batch, n))
     x0 = tf.concat(parts, axis=-1)
     x = x0
     for cross in self.crosses:
@@ -173,8 +219,8 @@ class RankingModel(tfrs.Model):
     return tf.reshape(logit, [batch, n])
 
   def _history_similarity(self, item_frozen, history, batch, n) -> list[tf.Tensor]:
-    """Max and mean of (candidate . history item) in the frozen item space: item-to-item
-    evidence that the user embedding averages away."""
+    """Candidate . history item in the frozen item space (max, mean, the latest item, the
+    RECENT latest): item-to-item evidence that the user embedding averages away."""
     history_emb = tf.gather(self.item_embeddings, history)                     # [B, L, D]
     candidates = tf.reshape(item_frozen, [batch, n, -1])
     sims = tf.einsum("bnd,bld->bnl", candidates, history_emb)
@@ -183,8 +229,24 @@ class RankingModel(tfrs.Model):
     has_history = count > 0
     max_sim = tf.where(has_history,
                        tf.reduce_max(tf.where(valid, sims, -1e9), axis=-1), 0.0)
-    mean_sim = tf.reduce_sum(tf.where(valid, sims, 0.0), axis=-1) / tf.maximum(count, 1.0)
-    return [tf.reshape(max_sim, [-1, 1]), tf.reshape(mean_sim, [-1, 1])]
+    masked = tf.where(valid, sims, 0.0)
+    mean_sim = tf.reduce_sum(masked, axis=-1) / tf.maximum(count, 1.0)
+    # The history is right-aligned, most recent last: the latest items carry the session.
+    recent = tf.reduce_sum(masked[:, :, -RECENT:], axis=-1) / tf.maximum(
+        tf.reduce_sum(tf.cast(valid[:, :, -RECENT:], sims.dtype), axis=-1), 1.0)
+    return [tf.reshape(f, [-1, 1]) for f in (max_sim, mean_sim, masked[:, :, -1], recent)]
+
+  def _attend(self, item_id_emb, history_emb, history, batch, n) -> tf.Tensor:
+    """DIN (Zhou et al. 2018): the history pooled with weights that depend on the
+    candidate, so one user can look different to different candidates."""
+    length, dim = tf.shape(history)[1], tf.shape(history_emb)[-1]
+    c = tf.broadcast_to(tf.reshape(item_id_emb, [batch, n, 1, dim]), [batch, n, length, dim])
+    h = tf.broadcast_to(history_emb[:, None], [batch, n, length, dim])
+    logits = self.attention(tf.concat([c, h, c * h, c - h], axis=-1))[..., 0]   # [B, N, L]
+    valid = tf.not_equal(history, PAD)[:, None, :]
+    weights = tf.where(valid, tf.nn.softmax(tf.where(valid, logits, -1e9), axis=-1), 0.0)
+    pooled = tf.einsum("bnl,bld->bnd", weights, history_emb)
+    return tf.reshape(pooled, [-1, dim])
 
   def compute_loss(self, features, training=False) -> tf.Tensor:
     scores = self(features, training=training)
@@ -218,12 +280,14 @@ def build_ranking_model(run, config: RankingConfig) -> RankingModel:
   tf_keras.utils.set_random_seed(config.seed)
   # Every item id, padding and OOV rows included: the table is indexed by vocabulary id.
   item_embeddings = Encoder(run.model, data).items(np.arange(len(data.item_vocab)))
+  counts = np.zeros(len(data.item_vocab), np.int64)
+  counts[data.item_vocab.offset:] = data.train_item_counts()
   model = RankingModel(
       user_tower=run.model.user_tower, item_embeddings=item_embeddings,
       item_feature_values=data.item_features.values, user_specs=data.user_features.specs,
       item_specs=data.item_features.specs, num_user_ids=len(data.user_vocab),
       num_item_ids=len(data.item_vocab), config=config,
-      retrieval_temperature=run.config.loss.temperature)
+      retrieval_temperature=run.config.loss.temperature, item_counts=counts)
   model(_dummy_inputs(data, run.config.data.history_length))
   return model
 
@@ -245,16 +309,26 @@ def ranking_paths(workdir: str) -> dict:
           "tensorboard": os.path.join(root, "tensorboard")}
 
 
-def load_ranking(workdir: str):
-  """(TrainedRun, RankingConfig, RankingModel with the best ranking epoch's weights)."""
+def load_ranking(workdir: str, run=None):
+  """(TrainedRun, RankingConfig, RankingModel with the best ranking epoch's weights).
+
+  ``run``: an already loaded ``TrainedRun`` of this workdir, to skip preparing the data
+  again; its model is left alone (the head gets its own copy of the towers).
+  """
   from twotower import workdir as workdir_lib
+  from twotower.model import retrieval
   paths = ranking_paths(workdir)
   for path in (paths["config"], paths["best"] + ".index"):
     if not os.path.exists(path):
       raise FileNotFoundError(
           f"{path} not found: {workdir} holds no trained ranking head; run "
           f"twotower-rank --workdir={workdir} first")
-  run = workdir_lib.load_trained(workdir)
+  if run is None:
+    run = workdir_lib.load_trained(workdir)
+  else:
+    towers = retrieval.build_retrieval_model(run.data, run.config)
+    tf.train.Checkpoint(model=towers).read(workdir_lib.Workdir(workdir).best).expect_partial()
+    run = workdir_lib.TrainedRun(run.config, run.data, towers)
   config = RankingConfig.load(paths["config"])
   model = build_ranking_model(run, config)
   # The checkpoint holds the frozen towers and item table the head was trained with, so the
@@ -321,8 +395,11 @@ class _RawRanker(tf.Module):
   def score(self, inputs: dict) -> dict:
     history = self.item_lookup(inputs[HISTORY])
     # Keep the last history_length known-or-OOV entries, wherever the padding is.
+    # Keep the last history_length entries, right-aligned (most recent last) as in
+    # training, wherever the caller put the padding.
     kept = tf.ragged.boolean_mask(history, tf.not_equal(history, PAD))[:, -self._length:]
-    history = kept.to_tensor(default_value=PAD, shape=[None, self._length])
+    history = tf.reverse(tf.reverse(kept, axis=[1]).to_tensor(
+        default_value=PAD, shape=[None, self._length]), axis=[1])
     user = {"user_id": self.user_lookup(inputs["user_id"]), HISTORY: tf.cast(history, tf.int32)}
     for s in self._specs:
       raw = inputs[s.name]
@@ -338,15 +415,15 @@ class _RawRanker(tf.Module):
     return {"scores": scores}
 
 
-def export_ranking_model(workdir: str, out_dir: str) -> str:
+def export_ranking_model(workdir: str, out_dir: str, run=None) -> str:
   """Writes ``<out_dir>/ranking_model/``, a SavedModel of the workdir's best ranking head.
 
   Signature ``serving_default``: ``user_id`` [B], ``history`` [B, L] ('' padded, most recent
   last), one [B] string per user feature (multi-valued ones as the raw space / '|'
   separated string, '' when missing) and ``item_ids`` [B, N] ('' pads) -> ``scores`` [B, N]
-  (-inf at padding). Returns the SavedModel's path.
+  (-inf at padding). Returns the SavedModel's path. ``run``: see ``load_ranking``.
   """
-  run, _, model = load_ranking(workdir)
+  run, _, model = load_ranking(workdir, run)
   module = _RawRanker(model, run.data, run.config.data.history_length)
   spec = module.input_signature()
   fn = tf.function(module.score, input_signature=[spec])
