@@ -15,7 +15,6 @@ import json
 import statistics
 import time
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras

@@ -25,7 +25,6 @@ from twotower.model import ranking as model_ranking
 from twotower.model.encoding import Encoder
 from twotower.train import loop
 from twotower.train import ranking
-from twotower.workdir import load_trained
 
 RANKING_OPTIONS = dict(epochs=3, progress=False, num_candidates=50, batch_size=256)
 

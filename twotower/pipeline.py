@@ -20,7 +20,8 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
   summary = {"workdir": workdir, "retrieval": metrics["final"]}
   if rank:
     from twotower.train import ranking
-    summary["ranking"] = ranking.train_ranking(workdir)["final"]
+    summary["ranking"] = ranking.train_ranking(
+        workdir, progress=config.train.progress, seed=config.train.seed)["final"]
   from twotower import export, index, serving
   summary["index"] = index.build_index(workdir)
   export_dir = export.export(workdir, export_dir, include_ranking=rank)

@@ -1,9 +1,9 @@
 """twotower-evaluate: exact full-corpus retrieval metrics of a trained run."""
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
-import json
-
 from absl import app, flags
+
+from twotower.cli import output
 
 flags.DEFINE_string("workdir", None, "Run directory written by twotower-train.")
 flags.DEFINE_list("ks", None, "Cutoffs K (default: the run's --eval_ks).")
@@ -15,7 +15,7 @@ def main(argv):
   del argv
   from twotower import evaluate
   ks = tuple(int(k) for k in FLAGS.ks) if FLAGS.ks else None
-  print(json.dumps(evaluate.evaluate_workdir(FLAGS.workdir, ks=ks), indent=2, sort_keys=True))
+  output.print_json_result(lambda: evaluate.evaluate_workdir(FLAGS.workdir, ks=ks))
 
 
 def run():

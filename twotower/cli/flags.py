@@ -24,8 +24,8 @@ _HELP = {
     "item_features": "CSV/TSV of item features keyed by item_id.",
     "allow_bad_rows": "Skip malformed rows (counted in metrics.json) instead of failing.",
     "batch_size": "Training batch size (in-batch candidates per step).",
-    "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most half the "
-                  "catalogue), 0 = in-batch negatives only.",
+    "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most an eighth "
+                  "of the catalogue, none if that is under one batch), 0 = in-batch only.",
     "queue_warmup_steps": "Steps before queue entries are used as negatives.",
     "temperature": "Softmax temperature over cosine scores.",
     "logq": "Subtract log q(item) from every candidate's logit.",

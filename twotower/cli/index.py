@@ -1,9 +1,9 @@
 """twotower-index: build the candidate index (ScaNN or brute force) of a trained workdir."""
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
-import json
-
 from absl import app, flags
+
+from twotower.cli import output
 
 flags.DEFINE_string("workdir", None, "Run directory of a finished twotower-train.")
 flags.DEFINE_float("recall_target", 0.95, "Tune ScaNN until recall@10 vs exact reaches this.")
@@ -17,11 +17,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from twotower import index
-  report = index.build_index(FLAGS.workdir, recall_target=FLAGS.recall_target,
-                             brute_force_below=FLAGS.brute_force_below,
-                             force_brute_force=FLAGS.brute_force,
-                             num_tuning_queries=FLAGS.num_tuning_queries)
-  print(json.dumps(report, indent=2, sort_keys=True))
+  output.print_json_result(lambda: index.build_index(
+      FLAGS.workdir, recall_target=FLAGS.recall_target,
+      brute_force_below=FLAGS.brute_force_below, force_brute_force=FLAGS.brute_force,
+      num_tuning_queries=FLAGS.num_tuning_queries))
 
 
 def run():

@@ -5,12 +5,11 @@ calls; rerunning resumes training and rebuilds the later stages.
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
-import json
-import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from twotower.cli import flags as cli_flags
+from twotower.cli import output
 
 flags.DEFINE_string("workdir", None, "Run directory.")
 flags.DEFINE_string("export_dir", None, "Where to export (default: WORKDIR/export).")
@@ -25,10 +24,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from twotower.pipeline import run_pipeline
-  summary = run_pipeline(cli_flags.config_from_flags(), FLAGS.workdir,
-                         export_dir=FLAGS.export_dir, sample_user_id=FLAGS.sample_user_id,
-                         rank=FLAGS.rank)
-  print(json.dumps(summary, indent=2, sort_keys=True))
+  output.print_json_result(lambda: run_pipeline(
+      cli_flags.config_from_flags(), FLAGS.workdir, export_dir=FLAGS.export_dir,
+      sample_user_id=FLAGS.sample_user_id, rank=FLAGS.rank))
 
 
 def run():

@@ -2,10 +2,10 @@
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
 import dataclasses
-import json
 
 from absl import app, flags
 
+from twotower.cli import output
 from twotower.model.ranking import RankingConfig
 
 flags.DEFINE_string("workdir", None, "Run directory written by twotower-train.")
@@ -63,8 +63,8 @@ def options_from_flags() -> dict:
 def main(argv):
   del argv
   from twotower.train import ranking
-  log = ranking.train_ranking(FLAGS.workdir, **options_from_flags())
-  print(json.dumps(log["final"], indent=2, sort_keys=True))
+  output.print_json_result(
+      lambda: ranking.train_ranking(FLAGS.workdir, **options_from_flags())["final"])
 
 
 def run():

@@ -12,6 +12,8 @@ flags.DEFINE_list("history", None, "Recent item ids, oldest first (default: the 
                   "history known to the export).")
 flags.DEFINE_list("exclude", [], "Item ids never to recommend (e.g. already seen).")
 flags.DEFINE_multi_string("feature", [], "A user feature as NAME=VALUE (repeatable).")
+flags.DEFINE_bool("rerank", True, "Re-rank with the export's ranking head, if it has one.")
+flags.DEFINE_integer("rerank_candidates", 100, "Retrieved candidates the head re-ranks.")
 flags.mark_flags_as_required(["export_dir", "user_id"])
 FLAGS = flags.FLAGS
 
@@ -27,8 +29,9 @@ def main(argv):
     if not sep:
       raise app.UsageError(f"--feature takes NAME=VALUE, got {item!r}")
     user[name] = value
-  recs = Recommender.load(FLAGS.export_dir).recommend(user, k=FLAGS.k,
-                                                      exclude_items=FLAGS.exclude)
+  recommender = Recommender.load(FLAGS.export_dir, rerank=FLAGS.rerank,
+                                rerank_candidates=FLAGS.rerank_candidates)
+  recs = recommender.recommend(user, k=FLAGS.k, exclude_items=FLAGS.exclude)
   print(json.dumps({"user_id": FLAGS.user_id,
                     "recommendations": [{"item_id": i, "score": s} for i, s in recs]},
                    indent=2))
