@@ -86,7 +86,7 @@ class RankingConfig:
          f"--examples must be one of {EXAMPLES}, got {self.examples!r}"),
         (0.0 < self.holdout_fraction < 1.0,
          f"--holdout_fraction must be in (0, 1), got {self.holdout_fraction}"),
-        (self.loss in LOSSES, f"--ranking_loss must be one of {LOSSES}, got {self.loss!r}"),
+        (self.loss in LOSSES, f"--loss must be one of {LOSSES}, got {self.loss!r}"),
         (self.embedding_dim > 0, f"--embedding_dim must be positive, got {self.embedding_dim}"),
         (self.cross_layers >= 0, f"--cross_layers must be >= 0, got {self.cross_layers}"),
         (self.cross_projection_dim >= 0,
