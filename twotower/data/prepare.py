@@ -92,7 +92,22 @@ def load_raw(config: DataConfig) -> types.RawDataset:
                    f"--interactions), got {config.dataset!r}")
 
 
+def _without_features(ids: np.ndarray, vocab: Vocabulary, table: Optional[types.Table],
+                      key: str) -> int:
+  """Distinct ``ids`` (vocabulary ids) with no row in ``table``; they get PAD features."""
+  if table is None:
+    return 0
+  return int(np.setdiff1d(ids, vocab.lookup(table.columns[key])).size)
+
+
 def prepare(raw: types.RawDataset, config: DataConfig) -> PreparedData:
+  """Vocabularies, features, events and splits of a raw dataset.
+
+  Interaction ids absent from a feature table are kept with default features and counted
+  in ``stats`` (``users_without_features``, ``items_without_features``), as are the rows the
+  readers skipped (``skipped_rows``). Users with fewer than ``min_user_interactions`` events
+  train only; a dataset where that leaves nothing to validate or test is an error.
+  """
   inter = raw.interactions
   if len(inter) == 0:
     raise types.DataError("no interactions", path=inter.path)
@@ -133,9 +148,20 @@ def prepare(raw: types.RawDataset, config: DataConfig) -> PreparedData:
       "test": int((split == splits_lib.TEST).sum()),
       "skipped_rows": int(inter.skipped + sum(
           t.skipped for t in (raw.user_features, raw.item_features) if t is not None)),
+      "users_without_features": _without_features(user, user_vocab, raw.user_features,
+                                                  "user_id"),
+      "items_without_features": _without_features(item, item_vocab, raw.item_features,
+                                                  "item_id"),
   }
   if stats["train"] == 0:
     raise types.DataError("the training split is empty after splitting", path=inter.path)
+  if (config.valid_fraction or config.test_fraction) and not (stats["valid"] or stats["test"]):
+    raise types.DataError(
+        f"nothing to validate or test: no user has the --min_user_interactions="
+        f"{config.min_user_interactions} events needed to hold any out, so all "
+        f"{stats['train']} interactions went to train ({stats['skipped_rows']} bad rows "
+        f"skipped); add data or lower --min_user_interactions",
+        path=inter.path)
   logging.info("prepared %s: %s", raw.name, stats)
   return PreparedData(raw.name, user_vocab, item_vocab, user_features, item_features,
                       events, stats)

@@ -35,6 +35,9 @@ _RECBOLE_TYPES = {"token": types.TOKEN, "token_seq": types.TOKEN_SEQ,
 _MULTI_VALUE_FRACTION = 0.05
 _MULTI_VALUE_PATTERN = r"[ |]"
 _SHOW_LINES = 5   # line numbers quoted in a "skipped N rows" warning
+# Longest value accepted: the csv module's default field_size_limit, so that the fast and
+# the fallback parser agree. Longer values are a lost line break or quote, not an id.
+_MAX_FIELD_CHARS = 131_072
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 LABEL_COLUMNS = ("label", "rating")   # first one present wins
@@ -121,6 +124,8 @@ class _Layout:
   trusted: bool = True
   # True when no value can start or end with whitespace, so stripping can be skipped.
   clean: bool = False
+  # Bytes in the longest data record; 0 when the parser itself limits field sizes.
+  longest: int = 0
 
 
 def _read_bytes(path: str) -> bytes:
@@ -130,6 +135,8 @@ def _read_bytes(path: str) -> bytes:
     raise DataError("is a directory, expected a CSV or TSV file", path=path)
   with open(path, "rb") as f:
     buf = f.read()
+  if b"\r" in buf and b"\n" not in buf:   # classic Mac line endings: bare CRs
+    buf = buf.replace(b"\r", b"\n")
   return buf[3:] if buf.startswith(b"\xef\xbb\xbf") else buf
 
 
@@ -217,7 +224,10 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
       raise DataError(f"the header row is not valid {encoding.upper()}", path=path,
                       line=header_line)
     text = buf[starts[h]:content_end[h]].decode(encoding)
-    header = next(csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
+    try:
+      header = next(csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting))
+    except csv.Error as e:
+      raise DataError(f"malformed header row: {e}", path=path, line=header_line) from None
     nonblank = nonblank[1:]
   starts, ends, lines = starts[nonblank], ends[nonblank], lines[nonblank]
 
@@ -238,8 +248,10 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
       raise _LayoutMismatch()
     return [frame[i].to_numpy(dtype=object) for i in range(width)]
 
+  longest = int((content_end[nonblank] - starts).max(initial=0))
   return _Layout(header, header_line, lines, num_fields[nonblank],
-                 undecodable[nonblank], parse, trusted=not quoted, clean=clean)
+                 undecodable[nonblank], parse, trusted=not quoted, clean=clean,
+                 longest=longest)
 
 
 def _may_need_strip(arr: np.ndarray, seps: np.ndarray, starts: np.ndarray,
@@ -276,6 +288,9 @@ def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
     except StopIteration:
       break
     except csv.Error as e:
+      if "field limit" in str(e):
+        raise DataError(f"a value is longer than {_MAX_FIELD_CHARS:,} characters (an "
+                        f"unbalanced quote?)", path=path, line=start) from None
       raise DataError(f"malformed quoting: {e}", path=path, line=start) from None
     if not row:   # blank line
       continue
@@ -403,7 +418,13 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
   required = list(dict.fromkeys([*required, *([key] if key else [])]))
   missing = [c for c in required if c not in names]
   if missing:
-    raise DataError(f"missing required column(s) {missing}; the header has {names}",
+    hint = ""
+    if len(names) == 1:   # one column holding them all: the wrong delimiter?
+      other = next((d for d in ";\t|," if d != delimiter and d in names[0]), None)
+      if other:
+        hint = (f"; the header looks '{_printable(other)}'-separated but this file is read "
+                f"as '{_printable(delimiter)}'-separated (.csv: ',', .tsv: tab)")
+    raise DataError(f"missing required column(s) {missing}; the header has {names}{hint}",
                     path=path, line=layout.header_line or 1, field=missing[0])
   if not len(layout.lines):
     raise DataError("the file has a header row but no data rows", path=path,
@@ -416,7 +437,8 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
     lines, columns = _records(layout, path, names, skips=attempt, **kwargs)
   except _LayoutMismatch:
     attempt = _Skips()
-    lines, columns = _records(_slow_layout(*args), path, names, skips=attempt, **kwargs)
+    layout = _slow_layout(*args)
+    lines, columns = _records(layout, path, names, skips=attempt, **kwargs)
   skips.merge(attempt)
 
   # Values that are present but unusable.
@@ -428,6 +450,17 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
       columns = {n: c[ok] for n, c in columns.items()}
       lines = lines[ok]
 
+  if layout.longest > _MAX_FIELD_CHARS:   # rare, so only then measure every value
+    lengths = {n: pd.Series(c, dtype=object).str.len().to_numpy() for n, c in columns.items()}
+
+    def long_error(i: int) -> DataError:
+      name = next(n for n in names if lengths[n][i] > _MAX_FIELD_CHARS)
+      return DataError(f"value is {lengths[name][i]:,} characters long, over the limit of "
+                       f"{_MAX_FIELD_CHARS:,} (a lost line break or quote?)", path=path,
+                       line=int(lines[i]), field=name)
+
+    drop(np.any([n > _MAX_FIELD_CHARS for n in lengths.values()], axis=0),
+         f"with a value over {_MAX_FIELD_CHARS:,} characters", long_error)
   for name in required:
     drop(columns[name] == "", f"with an empty {name}",
          lambda i, name=name: DataError("empty value in a required column", path=path,
@@ -489,6 +522,14 @@ def read_table(path: str, *, required: Sequence[str] = (), key: Optional[str] = 
 _TIMESTAMP_HELP = ("expected seconds since the epoch (an integer or a float) or an ISO-8601 "
                    "date such as 2020-01-31 or 2020-01-31T12:00:00Z")
 _MAX_TIMESTAMP = 2**62
+# The latest instant pandas can hold (2262-04-11). In a file of epoch seconds, later ones
+# are typos or milliseconds, and would silently become a user's most recent, held-out event.
+# A file whose timestamps are mostly past it is taken to be in a finer unit (milliseconds,
+# microseconds): timestamps only order events, so any consistent unit works.
+_LATEST_TIMESTAMP = int(pd.Timestamp.max.timestamp())
+_TOO_LATE = "is after 2262-04-11, the latest supported date: " + _TIMESTAMP_HELP
+_TOO_LATE_NUMBER = ("is after 2262-04-11 in a file of epoch seconds (milliseconds? divide by "
+                    "1000): " + _TIMESTAMP_HELP)
 
 
 def _to_float(values: np.ndarray) -> np.ndarray:
@@ -523,7 +564,15 @@ def _parse_timestamps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
       reason[unparsed[np.isinf(number[unparsed])]] = "is not finite: " + _TIMESTAMP_HELP
       huge = np.isfinite(number[unparsed])
       reason[unparsed[huge]] = "is out of range: " + _TIMESTAMP_HELP
+      reason[unparsed[huge & (number[unparsed] > 0)]] = _TOO_LATE_NUMBER
+      # Dates pandas cannot hold fail to parse; say why rather than "cannot be parsed".
+      year = pd.to_numeric(pd.Series(values[unparsed], dtype=object).str.extract(
+          r"^\s*\+?(\d{4,})-\d\d", expand=False), errors="coerce").to_numpy()
+      reason[unparsed[year >= pd.Timestamp.max.year]] = _TOO_LATE
   reason[(seconds < 0) & (reason == "")] = "is negative: " + _TIMESTAMP_HELP
+  fine = reason == ""
+  if fine.any() and np.median(seconds[fine]) <= _LATEST_TIMESTAMP:   # a file of seconds
+    reason[(seconds > _LATEST_TIMESTAMP) & fine] = _TOO_LATE_NUMBER
   return seconds, reason
 
 
@@ -569,7 +618,8 @@ def read_interactions(path: str, *, allow_bad_rows: bool = False) -> types.Inter
   """Reads an interaction log: user_id, item_id, timestamp and optional rating or label.
 
   Timestamps are seconds since the epoch (floats are truncated) or ISO-8601 dates and
-  datetimes (UTC unless they carry an offset). ``label`` wins over ``rating``.
+  datetimes (UTC unless they carry an offset), from 1970 to 2262-04-11: later ones are
+  rejected, as they are usually milliseconds. ``label`` wins over ``rating``.
 
   Raises:
     DataError: naming the file, line and field of the first problem.

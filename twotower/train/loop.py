@@ -25,33 +25,82 @@ from twotower.data import prepare as prepare_lib
 from twotower.data import splits
 from twotower.model import retrieval
 from twotower.model.encoding import Encoder
-from twotower.train.optimizers import make_optimizer
+from twotower.model.frequency import StreamingFrequencyEstimator
+from twotower.train.optimizers import OPTIMIZERS, make_optimizer
 from twotower.train.stability import DivergenceError, DivergenceGuard
 from twotower.workdir import Workdir
 
 
 def validate_config(config: Config) -> None:
-  """Flag errors up front, each naming its flag."""
-  t, l, d = config.train, config.loss, config.data
+  """Flag errors up front, each naming its flag, before minutes of data loading."""
+  t, l, d, m = config.train, config.loss, config.data, config.model
+  not_streaming = l.frequency != "streaming"   # the frequency_* flags only matter there
+  max_hashes = len(StreamingFrequencyEstimator._MULTIPLIERS)  # pylint: disable=protected-access
   checks = [
       (t.batch_size > 0, f"--batch_size must be positive, got {t.batch_size}"),
       (t.epochs > 0, f"--epochs must be positive, got {t.epochs}"),
       (t.step_limit >= 0, f"--step_limit must be >= 0, got {t.step_limit}"),
-      (l.temperature > 0, f"--temperature must be positive, got {l.temperature}"),
-      (l.queue_size >= -1, f"--queue_size must be -1 (auto), 0 (off) or positive, got {l.queue_size}"),
+      (t.learning_rate > 0 and np.isfinite(t.learning_rate),
+       f"--learning_rate must be positive, got {t.learning_rate}"),
+      (t.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}"),
+      (t.global_clipnorm >= 0, f"--global_clipnorm must be >= 0, got {t.global_clipnorm}"),
+      (t.patience >= 0, f"--patience must be >= 0, got {t.patience}"),
+      (t.lr_plateau_patience >= 0,
+       f"--lr_plateau_patience must be >= 0, got {t.lr_plateau_patience}"),
+      (0 < t.lr_plateau_factor <= 1,
+       f"--lr_plateau_factor must be in (0, 1], got {t.lr_plateau_factor}"),
+      (t.checkpoint_every_steps >= 0,
+       f"--checkpoint_every_steps must be >= 0, got {t.checkpoint_every_steps}"),
+      (t.max_recoveries >= 0, f"--max_recoveries must be >= 0, got {t.max_recoveries}"),
+      (0 < t.recovery_lr_factor <= 1,
+       f"--recovery_lr_factor must be in (0, 1], got {t.recovery_lr_factor}"),
+      (t.divergence_spike_factor > 1,
+       f"--divergence_spike_factor must be > 1, got {t.divergence_spike_factor}"),
+      (t.distribution in ("none", "mirrored"),
+       f"--distribution must be 'none' or 'mirrored', got {t.distribution!r}"),
+      (l.temperature > 0 and np.isfinite(l.temperature),
+       f"--temperature must be positive, got {l.temperature}"),
+      (l.queue_size >= -1,
+       f"--queue_size must be -1 (auto), 0 (off) or positive, got {l.queue_size}"),
       (l.queue_size <= 0 or l.queue_size >= t.batch_size,
-       f"--queue_size ({l.queue_size}) must be at least --batch_size ({t.batch_size}), or 0 for in-batch only"),
-      (l.queue_warmup_steps >= 0, f"--queue_warmup_steps must be >= 0, got {l.queue_warmup_steps}"),
+       f"--queue_size ({l.queue_size}) must be at least --batch_size ({t.batch_size}), or 0 "
+       f"for in-batch only"),
+      (l.queue_warmup_steps >= 0,
+       f"--queue_warmup_steps must be >= 0, got {l.queue_warmup_steps}"),
+      (l.frequency in ("static", "streaming"),
+       f"--frequency must be 'static' or 'streaming', got {l.frequency!r}"),
+      (not_streaming or l.frequency_buckets >= 0,
+       f"--frequency_buckets must be >= 0, got {l.frequency_buckets}"),
+      (not_streaming or 1 <= l.frequency_hashes <= max_hashes,
+       f"--frequency_hashes must be in [1, {max_hashes}], got {l.frequency_hashes}"),
+      (not_streaming or 0 < l.frequency_learning_rate <= 1,
+       f"--frequency_learning_rate must be in (0, 1], got {l.frequency_learning_rate}"),
       (d.history_length > 0, f"--history_length must be positive, got {d.history_length}"),
-      (config.model.embedding_dim > 0, f"--embedding_dim must be positive, got {config.model.embedding_dim}"),
-      (all(k > 0 for k in t.eval_ks), f"--eval_ks must all be positive, got {list(t.eval_ks)}"),
-      (0 <= config.model.id_dropout < 1, f"--id_dropout must be in [0, 1), got {config.model.id_dropout}"),
+      (0 <= d.valid_fraction < 1, f"--valid_fraction must be in [0, 1), got {d.valid_fraction}"),
+      (0 <= d.test_fraction < 1, f"--test_fraction must be in [0, 1), got {d.test_fraction}"),
+      (d.valid_fraction + d.test_fraction < 1,
+       f"--valid_fraction + --test_fraction must be < 1, got "
+       f"{d.valid_fraction} + {d.test_fraction}"),
+      (d.max_tokens > 0, f"--max_tokens must be positive, got {d.max_tokens}"),
+      (d.num_oov_buckets >= 1, f"--num_oov_buckets must be >= 1, got {d.num_oov_buckets}"),
+      (m.embedding_dim > 0, f"--embedding_dim must be positive, got {m.embedding_dim}"),
+      (m.id_embedding_dim > 0, f"--id_embedding_dim must be positive, got {m.id_embedding_dim}"),
+      (m.feature_embedding_dim > 0,
+       f"--feature_embedding_dim must be positive, got {m.feature_embedding_dim}"),
+      (all(n > 0 for n in m.user_layers),
+       f"--user_layers must all be positive, got {list(m.user_layers)}"),
+      (all(n > 0 for n in m.item_layers),
+       f"--item_layers must all be positive, got {list(m.item_layers)}"),
+      (0 <= m.dropout < 1, f"--dropout must be in [0, 1), got {m.dropout}"),
+      (len(t.eval_ks) > 0 and all(k > 0 for k in t.eval_ks),
+       f"--eval_ks must be positive (and at least one), got {list(t.eval_ks)}"),
+      (0 <= m.id_dropout < 1, f"--id_dropout must be in [0, 1), got {m.id_dropout}"),
   ]
   for ok, message in checks:
     if not ok:
       raise ValueError(message)
   metric = t.early_stopping_metric
-  names = {f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate") for k in t.eval_ks} | {"mrr"}
+  names = {f"{kind}@{k}" for kind in ("recall", "ndcg", "hit_rate") for k in t.eval_ks} | {"mrr"}
   if metric not in names:
     raise ValueError(f"--early_stopping_metric must be one of {sorted(names)}, got {metric!r}")
 
