@@ -112,7 +112,8 @@ def main(argv):
   result = {
       "dataset": FLAGS.dataset, "batch_size": FLAGS.batch_size, "examples_per_epoch": examples,
       "median_examples_per_second": {k: round(v) for k, v in med.items()},
-      "twotower_in_batch_over_canonical": round(med["twotower_in_batch"] / med["canonical_tfrs"], 3),
+      "twotower_in_batch_over_canonical": round(
+          med["twotower_in_batch"] / med["canonical_tfrs"], 3),
       "cbns_step_time_over_in_batch": round(med["twotower_in_batch"] / med["twotower_cbns_8B"], 3),
   }
   print(json.dumps(result, indent=2))

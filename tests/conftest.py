@@ -6,3 +6,43 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import twotower  # noqa: E402,F401
+
+import pytest  # noqa: E402
+
+
+def tiny_config():
+  """A model small enough to train in seconds, for tests about what surrounds training."""
+  from twotower.config import Config
+  config = Config()
+  config.data.dataset = "synthetic"
+  config.data.synthetic_users = 80
+  config.data.synthetic_items = 150
+  config.data.synthetic_interactions = 2500
+  config.data.history_length = 5
+  config.model.embedding_dim = 16
+  config.model.id_embedding_dim = 16
+  config.model.feature_embedding_dim = 8
+  config.model.user_layers = (32,)
+  config.model.item_layers = (32,)
+  config.train.batch_size = 256
+  config.train.epochs = 1
+  config.train.progress = False
+  config.train.eval_ks = (10,)
+  config.train.early_stopping_metric = "recall@10"
+  config.loss.queue_size = 0
+  return config
+
+
+@pytest.fixture(scope="session")
+def tiny_scann_export(tmp_path_factory):
+  """A real export with a ScaNN searcher (under index/) of a tiny trained model; tests that
+  tamper with it work on copies."""
+  from twotower import export as export_lib
+  from twotower import index as index_lib
+  from twotower.train import loop
+  root = tmp_path_factory.mktemp("tiny_export")
+  workdir = str(root / "workdir")
+  os.makedirs(workdir)
+  loop.train(tiny_config(), workdir)
+  index_lib.build_index(workdir, brute_force_below=0, num_tuning_queries=50)
+  return export_lib.export(workdir, str(root / "export"))

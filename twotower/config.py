@@ -46,7 +46,7 @@ class ModelConfig:
 @dataclasses.dataclass
 class LossConfig:
   temperature: float = 0.05
-  queue_size: int = -1                        # -1: auto (see retrieval.resolve_queue_size); 0: in-batch only
+  queue_size: int = -1                        # -1: auto (retrieval.resolve_queue_size); 0: off
   queue_warmup_steps: int = 200
   logq: bool = True
   mask_accidental_hits: bool = True

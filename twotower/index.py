@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -588,6 +589,11 @@ def _load_searcher(directory: str, fix: str):
     raise FileNotFoundError(f"candidate index: {assets} is missing; {fix}")
   with open(assets) as f:
     text = f.read()
+  for asset in re.findall(r'asset_path\s*:\s*"([^"]*)"', text):
+    try:   # the assets file is data too: its paths must stay inside the searcher
+      fileio.resolve_inside(directory, asset)
+    except ValueError as e:
+      raise IntegrityError(f"candidate index: {assets}: {e}; {fix}") from None
   try:   # relative asset paths resolve against ``directory``
     return pybind.ScannSearcher(pybind.scann_pybind.ScannNumpy(directory, text))
   except Exception as e:  # pylint: disable=broad-except

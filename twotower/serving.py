@@ -55,6 +55,7 @@ def _verify_export(export_dir: str, verify: bool) -> dict:
     raise IntegrityError(f"{path} is corrupted ({e!r}); {_FIX}") from None
   if manifest.get("format") != export_lib.FORMAT or "history_length" not in manifest:
     raise IntegrityError(f"{path}: unsupported export format {manifest.get('format')!r}")
+  _refuse_unlisted(export_dir, set(files) | {export_lib.MANIFEST})
   if verify:
     index_lib.verify_files(export_dir, files, "export", _FIX)
   else:
@@ -66,6 +67,19 @@ def _verify_export(export_dir: str, verify: bool) -> dict:
       if not os.path.isfile(path):
         raise FileNotFoundError(f"export: {path} is missing; {_FIX}")
   return manifest
+
+
+def _refuse_unlisted(export_dir: str, listed: set) -> None:
+  """Every file of an export is in its manifest, and none is a link: what the loader reads
+  is exactly what was fingerprinted, never something a link points to elsewhere."""
+  for directory, subdirs, names in os.walk(export_dir):
+    for name in subdirs + names:
+      path = os.path.join(directory, name)
+      rel = os.path.relpath(path, export_dir).replace(os.sep, "/")
+      if os.path.islink(path):
+        raise IntegrityError(f"export: {path} is a symbolic link; {_FIX}")
+      if name in names and rel not in listed:
+        raise IntegrityError(f"export: {path} is not listed in the manifest; {_FIX}")
 
 
 def _as_token(value, field: str) -> str:

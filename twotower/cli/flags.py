@@ -38,23 +38,44 @@ _HELP = {
 }
 
 
+def define_dataclass_flags(kind, help_texts: dict, prefix: str) -> None:
+  """One flag per field of the dataclass ``kind``, typed and defaulted by the field.
+
+  A field already defined as a flag (by another section) is left alone; an Optional float
+  defaulting to None is a float flag (its annotation says so, its default cannot).
+  """
+  for field in dataclasses.fields(kind):
+    name, default = field.name, field.default
+    if name in FLAGS:
+      continue
+    help_text = help_texts.get(name, f"{prefix}.{name}")
+    if isinstance(default, bool):
+      flags.DEFINE_bool(name, default, help_text)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(name, default, help_text)
+    elif isinstance(default, float) or (default is None and "float" in str(field.type)):
+      flags.DEFINE_float(name, default, help_text)
+    elif isinstance(default, tuple):
+      flags.DEFINE_list(name, [str(v) for v in default], help_text)
+    else:
+      flags.DEFINE_string(name, default, help_text)
+
+
+def field_value(field: dataclasses.Field):
+  """The parsed flag of a dataclass field: list flags become tuples of ints."""
+  value = FLAGS[field.name].value
+  if isinstance(field.default, tuple):
+    try:
+      value = tuple(int(v) for v in value)
+    except ValueError:
+      raise flags.ValidationError(
+          f"--{field.name} takes comma-separated integers, got {','.join(value)}") from None
+  return value
+
+
 def define_config_flags(sections: Sequence[str] = ("data", "model", "loss", "train")) -> None:
   for section in sections:
-    for field in dataclasses.fields(_SECTIONS[section]):
-      name, default = field.name, field.default
-      if name in FLAGS:
-        continue
-      help_text = _HELP.get(name, f"{section}.{name}")
-      if isinstance(default, bool):
-        flags.DEFINE_bool(name, default, help_text)
-      elif isinstance(default, int):
-        flags.DEFINE_integer(name, default, help_text)
-      elif isinstance(default, float):
-        flags.DEFINE_float(name, default, help_text)
-      elif isinstance(default, tuple):
-        flags.DEFINE_list(name, [str(v) for v in default], help_text)
-      else:
-        flags.DEFINE_string(name, default, help_text)
+    define_dataclass_flags(_SECTIONS[section], _HELP, section)
 
 
 def config_from_flags() -> config_lib.Config:
@@ -62,16 +83,8 @@ def config_from_flags() -> config_lib.Config:
   for section, kind in _SECTIONS.items():
     section_values = {}
     for field in dataclasses.fields(kind):
-      if field.name not in FLAGS:
-        continue
-      value = FLAGS[field.name].value
-      if isinstance(field.default, tuple):
-        try:
-          value = tuple(int(v) for v in value)
-        except ValueError:
-          raise flags.ValidationError(
-              f"--{field.name} takes comma-separated integers, got {','.join(value)}")
-      section_values[field.name] = value
+      if field.name in FLAGS:
+        section_values[field.name] = field_value(field)
     values[section] = section_values
   config = config_lib.Config.from_dict(values)
   if config.data.interactions:

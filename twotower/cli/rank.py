@@ -5,6 +5,7 @@ import dataclasses
 
 from absl import app, flags
 
+from twotower.cli import flags as cli_flags
 from twotower.cli import output
 from twotower.model.ranking import RankingConfig
 
@@ -25,39 +26,13 @@ _HELP = {
 }
 
 
-def _define_flags() -> None:
-  """One flag per RankingConfig field; the dataclass holds the defaults."""
-  for field in dataclasses.fields(RankingConfig):
-    name, default = field.name, field.default
-    help_text = _HELP.get(name, f"ranking.{name}")
-    if isinstance(default, bool):
-      flags.DEFINE_bool(name, default, help_text)
-    elif isinstance(default, int):
-      flags.DEFINE_integer(name, default, help_text)
-    elif isinstance(default, float) or name == "rating_threshold":
-      flags.DEFINE_float(name, default, help_text)
-    elif isinstance(default, tuple):
-      flags.DEFINE_list(name, [str(v) for v in default], help_text)
-    else:
-      flags.DEFINE_string(name, default, help_text)
-
-
-_define_flags()
+cli_flags.define_dataclass_flags(RankingConfig, _HELP, "ranking")
 FLAGS = flags.FLAGS
 
 
 def options_from_flags() -> dict:
-  options = {}
-  for field in dataclasses.fields(RankingConfig):
-    value = FLAGS[field.name].value
-    if isinstance(field.default, tuple):
-      try:
-        value = tuple(int(v) for v in value)
-      except ValueError:
-        raise flags.ValidationError(
-            f"--{field.name} takes comma-separated integers, got {','.join(value)}")
-    options[field.name] = value
-  return options
+  return {field.name: cli_flags.field_value(field)
+          for field in dataclasses.fields(RankingConfig)}
 
 
 def main(argv):

@@ -30,6 +30,7 @@ from twotower.data.features import SEPARATORS, FeatureSpec
 from twotower.data.pipeline import HISTORY
 from twotower.data.vocab import PAD, Vocabulary
 from twotower.model.towers import FeatureEmbeddings, masked_mean
+from twotower.train.stability import guarded_step
 
 LOSSES = ("softmax", "bce")
 EXAMPLES = ("train", "valid")
@@ -255,22 +256,7 @@ class RankingModel(tfrs.Model):
 
   def train_step(self, features):
     """One step; non-finite loss or gradients change nothing (the loop's guard reacts)."""
-    with tf.GradientTape() as tape:
-      loss = self.compute_loss(features, training=True)
-      regularization = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
-      total = loss + regularization
-    variables = self.trainable_variables
-    gradients = tape.gradient(total, variables)
-    grad_norm = tf.linalg.global_norm(gradients)
-    finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(total)
-
-    def apply():
-      self.optimizer.apply_gradients(zip(gradients, variables))
-      return tf.constant(True)
-
-    tf.cond(finite, apply, lambda: tf.constant(False))
-    return {"loss": loss, "regularization_loss": regularization, "total_loss": total,
-            "grad_norm": grad_norm}
+    return guarded_step(self, lambda: self.compute_loss(features, training=True))
 
 
 def build_ranking_model(run, config: RankingConfig) -> RankingModel:

@@ -21,6 +21,7 @@ from twotower.data.vocab import PAD
 from twotower.model.frequency import StaticFrequency, StreamingFrequencyEstimator
 from twotower.model.negatives import EMPTY_ID, CrossBatchQueue
 from twotower.model.replicas import gather_replicas, replica_context
+from twotower.train.stability import guarded_step
 from twotower.model.towers import ItemTower, UserTower
 
 # Logit of a masked candidate: exp() underflows to exactly 0 in float32 but stays finite.
@@ -186,29 +187,17 @@ class TwoTowerModel(tfrs.Model):
     divergence guard sees it in the returned values and reacts)."""
     # Yi et al.: the estimator sees the (global) batch before its probabilities are read.
     self.frequency.update(gather_replicas(features["item"]["item_id"]))
-    with tf.GradientTape() as tape:
-      loss, (candidates, ids, log_q) = self._forward(features, training=True)
-      regularization = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
-      total = loss + regularization
-    variables = self.trainable_variables
-    gradients = tape.gradient(total, variables)
-    grad_norm = tf.linalg.global_norm(gradients)
-    finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(total)
+    enqueued = {}
 
-    def apply():
-      self.optimizer.apply_gradients(zip(gradients, variables))
+    def loss_fn():
+      loss, enqueued["entries"] = self._forward(features, training=True)
+      return loss
+
+    def enqueue():
       if self.task.queue is not None:
-        self.task.queue.enqueue(candidates, ids, log_q)
-      return tf.constant(True)
+        self.task.queue.enqueue(*enqueued["entries"])
 
-    if replica_context() is None:
-      tf.cond(finite, apply, lambda: tf.constant(False))
-    else:
-      # apply_gradients synchronises replicas, which TF forbids inside a tf.cond; the loop's
-      # divergence guard restores the last checkpoint after a non-finite step instead.
-      apply()
-    return {"loss": loss, "regularization_loss": regularization, "total_loss": total,
-            "grad_norm": grad_norm}
+    return guarded_step(self, loss_fn, enqueue)
 
 
 def build_retrieval_model(data, config) -> TwoTowerModel:
