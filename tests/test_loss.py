@@ -47,6 +47,19 @@ def test_empty_queue_slots_are_masked_and_loss_equals_in_batch():
   assert (logits[:, 4:] == MASKED_LOGIT).all()
 
 
+def test_drift_warmup_keeps_a_full_queue_off_until_enabled():
+  rng = np.random.default_rng(1)
+  query, cand = _unit(rng, 4, 3), _unit(rng, 4, 3)
+  ids, log_q = tf.constant([1, 2, 3, 4]), tf.constant([-1.0, -2.0, -3.0, -4.0])
+  queue = CrossBatchQueue(4, 3)
+  queue.enqueue(tf.constant(_unit(rng, 4, 3)), tf.constant([5, 6, 7, 8]), log_q)
+  task = CrossBatchSoftmax(LossConfig(queue_warmup_steps=0, queue_warmup_drift=0.01), queue)
+  step = tf.constant(10, tf.int64)
+  assert (task.logits(query, cand, ids, log_q, step=step).numpy()[:, 4:] == MASKED_LOGIT).all()
+  task.queue_enabled.assign(True)   # what the loop does once the drift is small enough
+  assert (task.logits(query, cand, ids, log_q, step=step).numpy()[:, 4:] > MASKED_LOGIT).all()
+
+
 def _reference_loss(query, cand, ids, log_q, q_emb, q_ids, q_log_q, history, temperature,
                     use_queue=True):
   all_emb = np.concatenate([cand, q_emb]) if use_queue else cand

@@ -150,3 +150,17 @@ def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
   assert resumed["final"]["steps"] == clean["final"]["steps"]
   np.testing.assert_allclose(resumed["final"]["test"]["recall@20"],
                              clean["final"]["test"]["recall@20"], atol=0.01)
+
+
+def test_drift_is_logged_and_switches_the_queue_on(synthetic_data, tmp_path):
+  config = small_config(train__epochs=1, train__drift_every_steps=10,
+                        loss__queue_warmup_steps=0, loss__queue_warmup_drift=1e6)
+  log = loop.train(config, str(tmp_path / "on"), synthetic_data)
+  drift = [d["drift"] for d in log["drift"]]
+  assert [d["step"] for d in log["drift"]][:2] == [20, 30]   # step 10 only takes the sample
+  assert all(0 < d < 2 for d in drift)   # unit vectors move by less than a diameter
+  assert log["queue_enabled_at_step"] == 20
+  config = small_config(train__epochs=1, train__drift_every_steps=10,
+                        loss__queue_warmup_steps=0, loss__queue_warmup_drift=1e-9)
+  log = loop.train(config, str(tmp_path / "off"), synthetic_data)
+  assert "queue_enabled_at_step" not in log

@@ -48,6 +48,7 @@ class LossConfig:
   temperature: float = 0.05
   queue_size: int = -1                        # -1: auto (retrieval.resolve_queue_size); 0: off
   queue_warmup_steps: int = 200
+  queue_warmup_drift: float = 0.0             # >0: queue on once embedding drift < this
   logq: bool = True
   mask_accidental_hits: bool = True
   mask_history: bool = True                   # items in the row's history input are not negatives
@@ -78,6 +79,8 @@ class TrainConfig:
   divergence_spike_factor: float = 10.0       # loss above this x its moving average diverged
   max_recoveries: int = 3                     # divergence recoveries before giving up
   recovery_lr_factor: float = 0.5             # learning rate multiplier after a recovery
+  drift_every_steps: int = 100                # Δt of the embedding-drift monitor; 0: off
+  drift_sample_size: int = 1024               # items re-encoded per drift measurement
 
 
 @dataclasses.dataclass

@@ -27,6 +27,12 @@ _HELP = {
     "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most an eighth "
                   "of the catalogue, none if that is under one batch), 0 = in-batch only.",
     "queue_warmup_steps": "Steps before queue entries are used as negatives.",
+    "queue_warmup_drift": "Automatic warm-up: the queue switches on (after "
+                          "--queue_warmup_steps) once the item embeddings' drift per "
+                          "--drift_every_steps falls below this; 0: by steps only.",
+    "drift_every_steps": "Measure the embedding drift (mean L2 change of a fixed item "
+                         "sample) every this many steps; logged to TensorBoard and "
+                         "metrics.json. 0: off.",
     "temperature": "Softmax temperature over cosine scores.",
     "logq": "Subtract log q(item) from every candidate's logit.",
     "history_length": "Recent items (strictly before the target) pooled by the user tower.",

@@ -77,6 +77,10 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
       raise ValueError(f"--temperature must be positive, got {config.temperature}")
     self._config = config
     self.queue = queue
+    # Off until the training loop sees the embedding drift fall below
+    # --queue_warmup_drift (train/drift.py); always on without that flag. Checkpointed.
+    self.queue_enabled = tf.Variable(config.queue_warmup_drift <= 0, trainable=False,
+                                     name="queue_enabled")
 
   def center(self, candidates: tf.Tensor) -> tf.Tensor:
     """Candidates minus the batch mean, when a queue is used and centering is on.
@@ -112,6 +116,7 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
       all_log_q = tf.concat([candidate_log_q, self.queue.log_q], axis=0)
       in_batch = tf.ones_like(candidate_ids, tf.bool)
       warm = tf.constant(True) if step is None else step >= cfg.queue_warmup_steps
+      warm = tf.logical_and(warm, self.queue_enabled)
       queue_ok = tf.logical_and(tf.not_equal(self.queue.ids, EMPTY_ID), warm)
       usable = tf.concat([in_batch, queue_ok], axis=0)[None, :]
     # Per-candidate terms fold into one bias vector: log q, and a huge value for queue

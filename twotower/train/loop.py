@@ -26,6 +26,7 @@ from twotower.data import splits
 from twotower.model import retrieval
 from twotower.model.encoding import Encoder
 from twotower.model.frequency import StreamingFrequencyEstimator
+from twotower.train.drift import DriftMonitor
 from twotower.train.optimizers import OPTIMIZERS, make_optimizer
 from twotower.train.stability import DivergenceError, DivergenceGuard
 from twotower.workdir import Workdir
@@ -67,6 +68,14 @@ def validate_config(config: Config) -> None:
        f"for in-batch only"),
       (l.queue_warmup_steps >= 0,
        f"--queue_warmup_steps must be >= 0, got {l.queue_warmup_steps}"),
+      (l.queue_warmup_drift >= 0,
+       f"--queue_warmup_drift must be >= 0, got {l.queue_warmup_drift}"),
+      (l.queue_warmup_drift == 0 or t.drift_every_steps > 0,
+       "--queue_warmup_drift needs the drift monitor: set --drift_every_steps > 0"),
+      (t.drift_every_steps >= 0,
+       f"--drift_every_steps must be >= 0, got {t.drift_every_steps}"),
+      (t.drift_sample_size > 0,
+       f"--drift_sample_size must be positive, got {t.drift_sample_size}"),
       (l.frequency in ("static", "streaming"),
        f"--frequency must be 'static' or 'streaming', got {l.frequency!r}"),
       (not_streaming or l.frequency_buckets >= 0,
@@ -171,6 +180,9 @@ class Trainer:
     self.train_step = tf.function(self._replicated_step, reduce_retracing=True)
     self.writer = tf.summary.create_file_writer(self.wd.tensorboard)
     self.guard = DivergenceGuard(t.divergence_spike_factor)
+    self.drift = (DriftMonitor(Encoder(self.model, data), data.corpus_ids(),
+                               t.drift_sample_size, t.seed)
+                  if t.drift_every_steps else None)
 
   def _replicated_step(self, batch):
     out = self.strategy.run(self.model.train_step, args=(batch,))
@@ -242,6 +254,8 @@ class Trainer:
           with self.writer.as_default(step=step):
             tf.summary.scalar("train/loss", loss)
             tf.summary.scalar("train/grad_norm", grad_norm)
+        if self.drift is not None and step % t.drift_every_steps == 0:
+          self._measure_drift(step)
         if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
           self.save()
         if self._step_limit_reached():
@@ -249,6 +263,22 @@ class Trainer:
       if not diverged:
         break
     self._end_epoch(epoch, losses, seen, time.time() - started)
+
+  def _measure_drift(self, step: int) -> None:
+    """Logs the embedding drift; with --queue_warmup_drift, switches the queue on."""
+    drift = self.drift.measure()
+    if drift is None:
+      return
+    with self.writer.as_default(step=step):
+      tf.summary.scalar("train/embedding_drift", drift)
+    self.log.setdefault("drift", []).append({"step": step, "drift": drift})
+    task, threshold = self.model.task, self.config.loss.queue_warmup_drift
+    if threshold > 0 and task.queue is not None and not bool(task.queue_enabled):
+      if drift < threshold:
+        task.queue_enabled.assign(True)
+        self.log["queue_enabled_at_step"] = step
+        logging.info("embedding drift %.4g < --queue_warmup_drift=%g at step %d: queue on",
+                     drift, threshold, step)
 
   def _recover(self, reason: str) -> None:
     """Back to the last good checkpoint, a lower learning rate, past the bad batch."""
