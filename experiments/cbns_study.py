@@ -32,6 +32,7 @@ flags.DEFINE_list("variants", ["512:0", "512:512", "512:2048", "512:0:off", "512
                   "B:M[:logq] per run.")
 flags.DEFINE_integer("epochs", 30, "Epoch cap (early stopping usually ends runs sooner).")
 flags.DEFINE_integer("seed", 0, "Seed shared by every run.")
+flags.DEFINE_float("learning_rate", None, "Learning rate of every run (default: Config's).")
 flags.DEFINE_string("output", None, "Also write the JSON report here.")
 flags.DEFINE_string("plot_prefix", None, "Write PREFIX_recall_vs_time.png and PREFIX_drift.png "
                     "(needs the experiments extra: matplotlib).")
@@ -53,6 +54,8 @@ def run_variant(data, batch_size: int, queue_size: int, logq: bool) -> dict:
   config.train = dataclasses.replace(config.train, batch_size=batch_size, epochs=FLAGS.epochs,
                                      seed=FLAGS.seed, progress=False)
   config.loss = dataclasses.replace(config.loss, queue_size=queue_size, logq=logq)
+  if FLAGS.learning_rate is not None:
+    config.train.learning_rate = FLAGS.learning_rate
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
     log = loop.train(config, workdir, data)
