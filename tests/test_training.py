@@ -164,3 +164,17 @@ def test_drift_is_logged_and_switches_the_queue_on(synthetic_data, tmp_path):
                         loss__queue_warmup_steps=0, loss__queue_warmup_drift=1e-9)
   log = loop.train(config, str(tmp_path / "off"), synthetic_data)
   assert "queue_enabled_at_step" not in log
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(synthetic_data, tmp_path,
+                                                                   caplog):
+  workdir = str(tmp_path)
+  first = loop.train(small_config(train__epochs=2), workdir, synthetic_data)
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+  with open(latest + ".data-00000-of-00001", "r+b") as f:   # a torn write, say
+    f.write(b"\0garbage" * 64)
+  log = loop.train(small_config(train__epochs=3), workdir, synthetic_data)
+  assert "unreadable" in caplog.text and os.path.basename(latest) in caplog.text
+  assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2]
+  assert log["epochs"][0] == first["epochs"][0]        # epoch 0 was not trained again
+  assert log["final"]["steps"] == 3 * first["epochs"][0]["step"]

@@ -79,6 +79,9 @@ class TrainConfig:
   divergence_spike_factor: float = 10.0       # loss above this x its moving average diverged
   max_recoveries: int = 3                     # divergence recoveries before giving up
   recovery_lr_factor: float = 0.5             # learning rate multiplier after a recovery
+  clippy_variable_relative_threshold: float = 0.1   # clippy_adagrad: see train/optimizers
+  clippy_accumulator_relative_threshold: float = 0.0
+  clippy_absolute_threshold: float = 1e-7
   drift_every_steps: int = 100                # Δt of the embedding-drift monitor; 0: off
   drift_sample_size: int = 1024               # items re-encoded per drift measurement
 

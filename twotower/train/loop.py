@@ -45,6 +45,10 @@ def validate_config(config: Config) -> None:
        f"--learning_rate must be positive, got {t.learning_rate}"),
       (t.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}"),
       (t.global_clipnorm >= 0, f"--global_clipnorm must be >= 0, got {t.global_clipnorm}"),
+      (min(t.clippy_variable_relative_threshold, t.clippy_accumulator_relative_threshold,
+           t.clippy_absolute_threshold) >= 0,
+       "--clippy_variable_relative_threshold, --clippy_accumulator_relative_threshold and "
+       "--clippy_absolute_threshold must be >= 0"),
       (t.patience >= 0, f"--patience must be >= 0, got {t.patience}"),
       (t.lr_plateau_patience >= 0,
        f"--lr_plateau_patience must be >= 0, got {t.lr_plateau_patience}"),
@@ -158,7 +162,12 @@ class Trainer:
     self.distributed = self.strategy.num_replicas_in_sync > 1
     with self.strategy.scope():
       self.model = retrieval.build_retrieval_model(data, config)
-      self.optimizer = make_optimizer(t.optimizer, t.learning_rate, t.global_clipnorm)
+      self.optimizer = make_optimizer(
+          t.optimizer, t.learning_rate, t.global_clipnorm,
+          clippy_thresholds={
+              "variable_relative_threshold": t.clippy_variable_relative_threshold,
+              "accumulator_relative_threshold": t.clippy_accumulator_relative_threshold,
+              "absolute_threshold": t.clippy_absolute_threshold})
       self.model.compile(optimizer=self.optimizer)
       # Weights and optimizer slots exist before tracing, so that the step can apply its
       # gradients inside a tf.cond (skipped when they are not finite).

@@ -1,5 +1,15 @@
-"""Optimizers by name."""
+"""Optimizers by name.
+
+``clippy_adagrad`` is TFRS's ClippyAdagrad (Tang et al. 2023, "Improving Training Stability
+for Multitask Ranking Models in Recommender Systems"): Adagrad whose per-variable update is
+scaled down so that no weight w moves by more than
+``|w| * variable_relative_threshold + accumulator_relative_threshold / sqrt(accum) +
+absolute_threshold`` in one step. The thresholds default to TFRS's own defaults (0.1, 0.0,
+1e-7).
+"""
 from __future__ import annotations
+
+from typing import Optional
 
 import tensorflow_recommenders as tfrs
 import tf_keras
@@ -7,7 +17,10 @@ import tf_keras
 OPTIMIZERS = ("adam", "adagrad", "clippy_adagrad")
 
 
-def make_optimizer(name: str, learning_rate: float, global_clipnorm: float = 0.0):
+def make_optimizer(name: str, learning_rate: float, global_clipnorm: float = 0.0,
+                   clippy_thresholds: Optional[dict] = None):
+  """``clippy_thresholds``: ClippyAdagrad's variable_relative_threshold,
+  accumulator_relative_threshold and absolute_threshold (only for clippy_adagrad)."""
   if learning_rate <= 0:
     raise ValueError(f"--learning_rate must be positive, got {learning_rate}")
   if global_clipnorm < 0:
@@ -18,5 +31,6 @@ def make_optimizer(name: str, learning_rate: float, global_clipnorm: float = 0.0
   if name == "adagrad":
     return tf_keras.optimizers.Adagrad(learning_rate, **clip)
   if name == "clippy_adagrad":
-    return tfrs.experimental.optimizers.ClippyAdagrad(learning_rate, **clip)
+    return tfrs.experimental.optimizers.ClippyAdagrad(learning_rate, **(clippy_thresholds or {}),
+                                                      **clip)
   raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {name!r}")
