@@ -5,11 +5,13 @@ threads. A CI-sized version of experiments/bench_load.py: 8 threads send a mix o
 (known users, unknown users with histories, exclusions, malformed ones) to a tiny ScaNN
 export, every answer must equal the single-threaded one, and RSS must not grow with load.
 """
+import os
 import threading
 
 import numpy as np
 import pytest
 
+from twotower import export as export_lib
 from twotower import serving
 
 THREADS = 8
@@ -149,3 +151,42 @@ def test_concurrent_batches_equal_single_threaded(rec):
     thread.join()
   assert not errors
   assert results == expected
+
+
+def test_live_reload_while_serving_swaps_atomically_and_refuses_bad_exports(
+    rec, tiny_scann_export, tmp_path):
+  import shutil
+  copy = str(tmp_path / "export_v2")
+  shutil.copytree(tiny_scann_export, copy)
+  live = serving.LiveRecommender.load(tiny_scann_export)
+  users = [{"user_id": str(u)} for u in rec.defaults["user_id"][:20]]
+  expected = [rec.recommend(u, k=K) for u in users]
+  stop, errors, served = threading.Event(), [], [0]
+
+  def client():
+    while not stop.is_set():
+      try:
+        for u, want in zip(users, expected):
+          assert live.recommend(u, k=K) == want
+          served[0] += 1
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
+        return
+
+  threads = [threading.Thread(target=client) for _ in range(4)]
+  for thread in threads:
+    thread.start()
+  first = live.current
+  assert live.reload(copy) is first and live.current is not first
+  broken = str(tmp_path / "broken")
+  shutil.copytree(copy, broken)
+  os.remove(os.path.join(broken, export_lib.MANIFEST))
+  with pytest.raises(FileNotFoundError, match="manifest.json"):
+    live.reload(broken)
+  good = live.current                       # the failed reload left the v2 export serving
+  live.reload(tiny_scann_export)
+  stop.set()
+  for thread in threads:
+    thread.join()
+  assert not errors and served[0] > 0
+  assert live.current is not good

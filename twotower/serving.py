@@ -22,6 +22,7 @@ Recommender serves many threads.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -324,3 +325,40 @@ class Recommender:
     self._user_index.get_indexer([""])
     self.recommend(user, k=min(10, self.index.num_items),
                    exclude_items=list(self.item_ids[:1]))
+
+
+class LiveRecommender:
+  """A Recommender that can be replaced by a newer export while it serves.
+
+  ``reload(export_dir)`` loads and verifies the new export completely (checks, SavedModels,
+  warm-up query) *before* one reference swap makes it current; a bad export raises and the
+  old one keeps serving. A request runs entirely on the Recommender that was current when
+  it started, so no answer mixes two exports.
+  """
+
+  def __init__(self, recommender: Recommender, **load_options):
+    self._current = recommender
+    self._load_options = load_options
+    self._lock = threading.Lock()   # one reload at a time; requests never wait on it
+
+  @classmethod
+  def load(cls, export_dir: str, **load_options) -> "LiveRecommender":
+    """``load_options`` (reranker, rerank, rerank_candidates, verify) apply to reloads too."""
+    return cls(Recommender.load(export_dir, **load_options), **load_options)
+
+  @property
+  def current(self) -> Recommender:
+    return self._current
+
+  def reload(self, export_dir: str) -> Recommender:
+    """Makes ``export_dir`` current once it has loaded; returns the previous Recommender."""
+    with self._lock:
+      fresh = Recommender.load(export_dir, **self._load_options)
+      previous, self._current = self._current, fresh
+    return previous
+
+  def recommend(self, user: Mapping, k: int = 10, exclude_items: Iterable = ()):
+    return self._current.recommend(user, k=k, exclude_items=exclude_items)
+
+  def recommend_batch(self, users: Sequence[Mapping], k: int = 10, exclude_items=None):
+    return self._current.recommend_batch(users, k=k, exclude_items=exclude_items)
