@@ -73,7 +73,7 @@ class TrainConfig:
   eval_ks: Sequence[int] = (10, 20, 50, 100)
   seed: int = 0
   progress: bool = True
-  distribution: str = "none"                  # none | mirrored (all local devices)
+  distribution: str = "none"                  # none | mirrored | multi_worker (TF_CONFIG)
   checkpoint_every_steps: int = 0             # 0: at the end of each epoch only
   global_clipnorm: float = 0.0                # 0: no gradient-norm clipping
   divergence_spike_factor: float = 10.0       # loss above this x its moving average diverged

@@ -23,7 +23,11 @@ _HELP = {
     "user_features": "CSV/TSV of user features keyed by user_id.",
     "item_features": "CSV/TSV of item features keyed by item_id.",
     "allow_bad_rows": "Skip malformed rows (counted in metrics.json) instead of failing.",
-    "batch_size": "Training batch size (in-batch candidates per step).",
+    "batch_size": "Training batch size (in-batch candidates per step); the global batch "
+                  "when several replicas train.",
+    "distribution": "none: one device; mirrored: all local devices (MirroredStrategy); "
+                    "multi_worker: MultiWorkerMirroredStrategy over the cluster in TF_CONFIG, "
+                    "one process per worker, each with its own --workdir (README.md).",
     "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most an eighth "
                   "of the catalogue, none if that is under one batch), 0 = in-batch only.",
     "queue_warmup_steps": "Steps before queue entries are used as negatives.",

@@ -26,9 +26,14 @@ def gather_replicas(tensor: tf.Tensor) -> tf.Tensor:
 
   TFRS ships a cross-replica concatenation helper but never calls it, so its in-batch
   negatives are per-replica.
+
+  The identity pins the tensor to this replica's device: with one replica per process
+  (MultiWorkerMirroredStrategy on CPUs or one GPU), all_gather sends the result to the
+  input's device, and a tf.function input such as a batch's ids has none ("destinations
+  can not be empty").
   """
   ctx = replica_context()
-  return tensor if ctx is None else ctx.all_gather(tensor, axis=0)
+  return tensor if ctx is None else ctx.all_gather(tf.identity(tensor), axis=0)
 
 
 def scatter_update(variable: tf.Variable, indices: tf.Tensor, updates: tf.Tensor) -> None:

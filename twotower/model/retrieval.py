@@ -28,24 +28,31 @@ from twotower.model.towers import ItemTower, UserTower
 MASKED_LOGIT = -1e9
 
 
-def membership_pairs(sets: tf.Tensor, candidate_ids: tf.Tensor) -> tf.Tensor:
-  """[P, 2] (row b, column c) pairs where candidate c's id is among row b's ``sets`` [B, K]
-  (PAD never matches).
+def membership_mask(sets: tf.Tensor, candidate_ids: tf.Tensor) -> tf.Tensor:
+  """[B, C] bool: whether candidate c's id is among row b's ``sets`` [B, K] (PAD never
+  matches).
 
-  A dense [B, K] x [C] comparison costs K passes over [B, C], and a [B, C] bitmap costs a
-  transpose or a strided gather. Sorting the C candidate ids once and binary-searching each
-  of the B x K set ids gives the matching columns directly: O(C log C + BK log C + P).
+  Candidates repeat ids (popular items, and the queue holds each several times), so the
+  (row, column) pairs can number many times B x K; scattering them into the [B, C] logits
+  was the most expensive op of a CBNS step (profiled: more than the matmuls). Instead the
+  B x K set ids are scattered into a table over the U distinct candidate ids, and one
+  gather expands it to [B, C].
   """
-  width = tf.shape(sets)[1]
+  unique_ids, column_of = tf.unique(tf.cast(candidate_ids, sets.dtype))
+  order = tf.argsort(unique_ids)
+  sorted_ids = tf.gather(unique_ids, order)
   flat = tf.reshape(sets, [-1])
-  order = tf.argsort(candidate_ids, stable=True)
-  sorted_ids = tf.gather(tf.cast(candidate_ids, sets.dtype), order)
-  starts = tf.searchsorted(sorted_ids, flat, side="left")
-  ends = tf.searchsorted(sorted_ids, flat, side="right")
-  ends = tf.where(tf.equal(flat, PAD), starts, ends)
-  columns = tf.gather(order, tf.ragged.range(starts, ends).flat_values)
-  rows = tf.repeat(tf.range(tf.size(flat)) // width, ends - starts)
-  return tf.stack([rows, tf.cast(columns, rows.dtype)], axis=1)
+  position = tf.minimum(tf.searchsorted(sorted_ids, flat), tf.size(sorted_ids) - 1)
+  found = tf.logical_and(tf.equal(tf.gather(sorted_ids, position), flat),
+                         tf.not_equal(flat, PAD))
+  rows = tf.repeat(tf.range(tf.shape(sets)[0]), tf.shape(sets)[1])
+  hits = tf.stack([tf.boolean_mask(tf.gather(order, position), found),
+                   tf.boolean_mask(rows, found)], axis=1)
+  # Built transposed, [U, B]: gathering whole rows and transposing once is ~4x faster on
+  # CPU than a gather along the inner axis (measured at B=512, U=1,682, C=4,608).
+  table = tf.scatter_nd(hits, tf.ones(tf.shape(hits)[:1], tf.int32),
+                        tf.stack([tf.size(unique_ids), tf.shape(sets)[0]]))
+  return tf.transpose(tf.gather(table > 0, column_of))
 
 
 def resolve_queue_size(config: LossConfig, batch_size: int, num_items: int) -> int:
@@ -106,25 +113,24 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     """
     cfg = self._config
     all_ids = candidate_ids
-    all_log_q = candidate_log_q
-    scores = tf.matmul(query, candidates, transpose_b=True)
-    usable = None
+    blocks = [(candidates, candidate_log_q if cfg.logq else tf.zeros_like(candidate_log_q))]
     if self.queue is not None:
-      q_scores = tf.matmul(query, self.queue.embeddings, transpose_b=True)
-      scores = tf.concat([scores, q_scores], axis=1)
       all_ids = tf.concat([candidate_ids, self.queue.ids], axis=0)
-      all_log_q = tf.concat([candidate_log_q, self.queue.log_q], axis=0)
-      in_batch = tf.ones_like(candidate_ids, tf.bool)
       warm = tf.constant(True) if step is None else step >= cfg.queue_warmup_steps
       warm = tf.logical_and(warm, self.queue_enabled)
       queue_ok = tf.logical_and(tf.not_equal(self.queue.ids, EMPTY_ID), warm)
-      usable = tf.concat([in_batch, queue_ok], axis=0)[None, :]
-    # Per-candidate terms fold into one bias vector: log q, and a huge value for queue
-    # slots that are empty or still warming up.
-    bias = all_log_q if cfg.logq else tf.zeros_like(all_log_q)
-    if usable is not None:
-      bias += tf.where(usable[0], 0.0, -MASKED_LOGIT)
-    logits = scores * (1.0 / cfg.temperature) - bias[None, :]
+      # Empty or still-warming slots get a huge bias: exp() of their logit is exactly 0.
+      queue_bias = tf.where(queue_ok, self.queue.log_q if cfg.logq else 0.0, -MASKED_LOGIT)
+      blocks.append((self.queue.embeddings, queue_bias))
+    # The [B, B + M] logits are the costly tensor on small towers (experiments/RESULTS.md),
+    # so every per-candidate term rides in the matmul instead of passing over them: the
+    # temperature scales the [B, D] query, and the bias (log q, slot masks) is an extra
+    # column against a constant -1 in the query. The queue block gets its own matmul so that
+    # no gradient is computed for the (stop-gradient) queue entries.
+    query = tf.concat([query * (1.0 / cfg.temperature), -tf.ones_like(query[:, :1])], axis=1)
+    scored = [tf.matmul(query, tf.concat([emb, bias[:, None]], axis=1), transpose_b=True)
+              for emb, bias in blocks]
+    logits = scored[0] if len(scored) == 1 else tf.concat(scored, axis=1)
 
     batch = tf.shape(query)[0]
     labels = tf.range(batch) + label_offset
@@ -135,11 +141,11 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     if cfg.mask_history and history is not None:
       known.append(tf.cast(history, positive_ids.dtype))
     if known:
-      pairs = membership_pairs(tf.concat(known, axis=1), all_ids)
+      mask = membership_mask(tf.concat(known, axis=1), all_ids)
       # The label column itself stays: it is the row's positive, not a negative.
-      pairs = tf.boolean_mask(pairs, tf.not_equal(pairs[:, 1], tf.gather(labels, pairs[:, 0])))
-      logits = tf.tensor_scatter_nd_update(
-          logits, pairs, tf.fill(tf.shape(pairs)[:1], tf.constant(MASKED_LOGIT, logits.dtype)))
+      mask = tf.logical_and(mask, tf.not_equal(tf.range(tf.shape(mask)[1])[None, :],
+                                               labels[:, None]))
+      logits = tf.where(mask, tf.constant(MASKED_LOGIT, logits.dtype), logits)
     return logits
 
   def call(self, query, candidates, candidate_ids, candidate_log_q, history=None, step=None,
@@ -178,7 +184,10 @@ class TwoTowerModel(tfrs.Model):
     if ctx is None:
       offset, global_batch = 0, None
     else:
-      offset = ctx.replica_id_in_sync_group * tf.shape(local)[0]
+      # tf.distribute splits a batch that does not divide evenly (33 -> 17 + 16), so this
+      # replica's first global row is the sum of the earlier replicas' sizes.
+      sizes = gather_replicas(tf.shape(local)[:1])
+      offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
       global_batch = tf.shape(ids)[0]
     loss = self.task(query, candidates, ids, log_q, history=features["user"].get(HISTORY),
                      step=step, label_offset=offset, global_batch_size=global_batch)

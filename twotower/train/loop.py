@@ -32,6 +32,15 @@ from twotower.train.stability import DivergenceError, DivergenceGuard
 from twotower.workdir import Workdir
 
 
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+
+
+def _number(variable):
+  """A variable's value as a Python number; int()/float() of a distributed variable (as
+  created under a strategy's scope) raise TypeError."""
+  return variable.numpy().item()
+
+
 def validate_config(config: Config) -> None:
   """Flag errors up front, each naming its flag, before minutes of data loading."""
   t, l, d, m = config.train, config.loss, config.data, config.model
@@ -61,8 +70,8 @@ def validate_config(config: Config) -> None:
        f"--recovery_lr_factor must be in (0, 1], got {t.recovery_lr_factor}"),
       (t.divergence_spike_factor > 1,
        f"--divergence_spike_factor must be > 1, got {t.divergence_spike_factor}"),
-      (t.distribution in ("none", "mirrored"),
-       f"--distribution must be 'none' or 'mirrored', got {t.distribution!r}"),
+      (t.distribution in DISTRIBUTIONS,
+       f"--distribution must be one of {DISTRIBUTIONS}, got {t.distribution!r}"),
       (l.temperature > 0 and np.isfinite(l.temperature),
        f"--temperature must be positive, got {l.temperature}"),
       (l.queue_size >= -1,
@@ -196,9 +205,10 @@ class Trainer:
   def _replicated_step(self, batch):
     out = self.strategy.run(self.model.train_step, args=(batch,))
     return {"loss": self.strategy.reduce("SUM", out["loss"], axis=None),
-            # ReduceOp has no MAX; the replicas' norms are of the all-reduced gradient anyway.
-            "grad_norm": tf.reduce_max(tf.stack(
-                self.strategy.experimental_local_results(out["grad_norm"])))}
+            # Each replica's norm is of its own share of the gradient. Their mean over all
+            # workers is finite only when every replica's is, so every worker's divergence
+            # guard takes the same decision (one recovering alone would hang the others).
+            "grad_norm": self.strategy.reduce("MEAN", out["grad_norm"], axis=None)}
 
   # -- checkpoints -----------------------------------------------------------------------
   def restore_latest(self) -> bool:
@@ -215,7 +225,7 @@ class Trainer:
     return False
 
   def save(self) -> None:
-    self.manager.save(checkpoint_number=int(self.optimizer.iterations))
+    self.manager.save(checkpoint_number=self._step())
     fileio.atomic_write_json(self.wd.metrics, self.log)
 
   # -- the loop --------------------------------------------------------------------------
@@ -257,7 +267,7 @@ class Trainer:
         losses.append(loss)
         seen += min(t.batch_size, self.num_train - int(self.state.batches_done) * t.batch_size)
         self.state.batches_done.assign_add(1)
-        step = int(self.optimizer.iterations)
+        step = self._step()
         progbar.add(1, [("loss", float(np.mean(losses[-50:])))])
         if step % 10 == 0:
           with self.writer.as_default(step=step):
@@ -282,7 +292,7 @@ class Trainer:
       tf.summary.scalar("train/embedding_drift", drift)
     self.log.setdefault("drift", []).append({"step": step, "drift": drift})
     task, threshold = self.model.task, self.config.loss.queue_warmup_drift
-    if threshold > 0 and task.queue is not None and not bool(task.queue_enabled):
+    if threshold > 0 and task.queue is not None and not bool(_number(task.queue_enabled)):
       if drift < threshold:
         task.queue_enabled.assign(True)
         self.log["queue_enabled_at_step"] = step
@@ -293,18 +303,18 @@ class Trainer:
     """Back to the last good checkpoint, a lower learning rate, past the bad batch."""
     t = self.config.train
     bad_epoch, bad_batch = int(self.state.epoch), int(self.state.batches_done)
-    bad_step = int(self.optimizer.iterations)
+    bad_step = self._step()
     recoveries = int(self.state.recoveries) + 1
     if recoveries > t.max_recoveries:
       raise DivergenceError(
           f"training diverged at step {bad_step} ({reason}) after {recoveries - 1} "
           f"recoveries (--max_recoveries={t.max_recoveries}); lower --learning_rate or set "
           f"--global_clipnorm / --optimizer=clippy_adagrad")
-    lr = float(self.optimizer.learning_rate) * t.recovery_lr_factor
+    lr = _number(self.optimizer.learning_rate) * t.recovery_lr_factor
     if not self.restore_latest():
       raise DivergenceError(f"training diverged at step {bad_step} ({reason}) and no "
                             f"checkpoint could be restored")
-    restored_step = int(self.optimizer.iterations)
+    restored_step = self._step()
     self.optimizer.learning_rate.assign(lr)
     # Skip the window: continue after the offending batch of the epoch it happened in.
     self.state.epoch.assign(bad_epoch)
@@ -321,13 +331,13 @@ class Trainer:
   def _end_epoch(self, epoch, losses, seen, elapsed) -> None:
     t = self.config.train
     valid = split_metrics(self.model, self.data, splits.VALID, self.config)
-    record = {"epoch": epoch, "step": int(self.optimizer.iterations),
+    record = {"epoch": epoch, "step": self._step(),
               "loss": float(np.mean(losses)) if losses else None,
               "examples_per_second": seen / max(elapsed, 1e-9),
-              "learning_rate": float(self.optimizer.learning_rate), "valid": valid}
+              "learning_rate": _number(self.optimizer.learning_rate), "valid": valid}
     _early_stopping(record, self.state, self.optimizer, self.best_checkpoint, self.wd, t)
     self.log["epochs"].append(record)
-    with self.writer.as_default(step=int(self.optimizer.iterations)):
+    with self.writer.as_default(step=self._step()):
       for name, value in valid.items():
         tf.summary.scalar(f"valid/{name}", value)
       tf.summary.scalar("train/examples_per_second", record["examples_per_second"])
@@ -342,7 +352,7 @@ class Trainer:
                  record["examples_per_second"], shown)
 
   def _finish(self) -> dict:
-    steps = int(self.optimizer.iterations)   # before the best model (and its step) is read
+    steps = self._step()   # before the best model (and its step) is read
     if not os.path.exists(self.wd.best + ".index"):   # stopped before any validation
       self.best_checkpoint.write(self.wd.best)
     self.best_checkpoint.read(self.wd.best).expect_partial()
@@ -358,18 +368,48 @@ class Trainer:
     self.writer.flush()
     return self.log
 
+  def _step(self) -> int:
+    return _number(self.optimizer.iterations)
+
   def _step_limit_reached(self) -> bool:
     limit = self.config.train.step_limit
-    return limit > 0 and int(self.optimizer.iterations) >= limit
+    return limit > 0 and self._step() >= limit
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-  """The tf.distribute strategy a --distribution value names."""
+  """The tf.distribute strategy a --distribution value names.
+
+  multi_worker reads the cluster and this process's task from TF_CONFIG. It configures the
+  process's collective ops, which TensorFlow only allows before its runtime has started:
+  call it before any other TensorFlow op.
+  """
   if name == "none":
     return tf.distribute.get_strategy()
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
-  raise ValueError(f"--distribution must be 'none' or 'mirrored', got {name!r}")
+  if name != "multi_worker":
+    raise ValueError(f"--distribution must be one of {DISTRIBUTIONS}, got {name!r}")
+  usage = ("--distribution=multi_worker needs TF_CONFIG, e.g. '{\"cluster\": {\"worker\": "
+           "[\"host0:12345\", \"host1:12345\"]}, \"task\": {\"type\": \"worker\", "
+           "\"index\": 0}}' (see README.md)")
+  try:
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    jobs = resolver.cluster_spec().as_dict()
+    task = (resolver.task_type, resolver.task_id)
+  except (ValueError, TypeError, AttributeError) as e:   # not JSON, or not TF_CONFIG's shape
+    raise ValueError(f"{usage}; TF_CONFIG is not valid: {e}") from None
+  if not jobs:
+    raise ValueError(f"{usage}; TF_CONFIG is unset or has no cluster")
+  if task[0] not in ("chief", "worker") or not 0 <= task[1] < len(jobs.get(task[0], ())):
+    raise ValueError(f"{usage}; TF_CONFIG's task (type {task[0]!r}, index {task[1]}) is not "
+                     f"a chief or worker of its cluster {jobs}")
+  try:
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+  except RuntimeError as e:
+    if "startup" not in str(e):
+      raise
+    raise RuntimeError("--distribution=multi_worker: the strategy must be created before any "
+                       f"other TensorFlow op runs in the process ({e})") from e
 
 
 def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData] = None) -> dict:
@@ -401,7 +441,7 @@ def _early_stopping(record, state, optimizer, best_checkpoint, wd, t) -> None:
   state.epochs_since_best.assign_add(1)
   since = int(state.epochs_since_best)
   if t.lr_plateau_patience and since % t.lr_plateau_patience == 0:
-    new_lr = float(optimizer.learning_rate) * t.lr_plateau_factor
+    new_lr = _number(optimizer.learning_rate) * t.lr_plateau_factor
     optimizer.learning_rate.assign(new_lr)
     logging.info("no %s improvement for %d epochs: learning rate -> %g",
                  t.early_stopping_metric, since, new_lr)
