@@ -45,6 +45,7 @@ def _config(frequency):
   config.loss.queue_size = 64           # wraps around within STEPS steps
   config.loss.queue_warmup_steps = 0
   config.loss.frequency = frequency
+  config.loss.mixed_negatives = 8        # identical on every replica, not gathered
   config.model.id_dropout = 0.0
   return config
 

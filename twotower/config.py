@@ -57,6 +57,8 @@ class LossConfig:
   frequency_buckets: int = 0                  # streaming: hash buckets (0: item vocabulary size)
   frequency_hashes: int = 2                   # streaming: hash functions
   frequency_learning_rate: float = 0.01       # streaming: Yi et al.'s alpha
+  mixed_negatives: int = 0                    # B' corpus-sampled negatives per step (MNS)
+  mixed_negatives_distribution: str = "uniform"   # uniform | popularity (count^0.75)
 
 
 @dataclasses.dataclass

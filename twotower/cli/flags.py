@@ -30,6 +30,10 @@ _HELP = {
                     "one process per worker, each with its own --workdir (README.md).",
     "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most an eighth "
                   "of the catalogue, none if that is under one batch), 0 = in-batch only.",
+    "mixed_negatives": "Mixed Negative Sampling: B' items sampled from the whole corpus per "
+                       "step, encoded and added as negatives (logQ uses the mixture); 0: off.",
+    "mixed_negatives_distribution": "Corpus sampling of --mixed_negatives: uniform, or "
+                                    "popularity (training count^0.75).",
     "queue_warmup_steps": "Steps before queue entries are used as negatives.",
     "queue_warmup_drift": "Automatic warm-up: the queue switches on (after "
                           "--queue_warmup_steps) once the item embeddings' drift per "

@@ -26,6 +26,10 @@ class StaticFrequency(tf.Module):
   def log_q(self, ids: tf.Tensor) -> tf.Tensor:
     return tf.gather(self.table, ids)
 
+  def log_rate(self, ids: tf.Tensor, num_candidates) -> tf.Tensor:
+    """log expected occurrences among ``num_candidates`` stream-drawn candidates."""
+    return self.log_q(ids) + tf.math.log(tf.cast(num_candidates, tf.float32))
+
   def update(self, ids: tf.Tensor) -> None:
     """Nothing to learn: the counts are fixed."""
     del ids
@@ -102,3 +106,8 @@ class StreamingFrequencyEstimator(tf.Module):
 
   def log_q(self, ids: tf.Tensor) -> tf.Tensor:
     return tf.math.log(self.probability(ids))
+
+  def log_rate(self, ids: tf.Tensor, num_candidates) -> tf.Tensor:
+    """log expected occurrences per step: the estimate already counts the global batch."""
+    del num_candidates
+    return self.log_q(ids)

@@ -16,9 +16,10 @@ import tensorflow_recommenders as tfrs
 import tf_keras
 
 from twotower.config import LossConfig
-from twotower.data.pipeline import HISTORY
+from twotower.data.pipeline import HISTORY, FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.frequency import StaticFrequency, StreamingFrequencyEstimator
+from twotower.model.mixed_negatives import MixedNegativeSampler
 from twotower.model.negatives import EMPTY_ID, CrossBatchQueue
 from twotower.model.replicas import gather_replicas, replica_context
 from twotower.train.stability import guarded_step
@@ -71,11 +72,13 @@ def resolve_queue_size(config: LossConfig, batch_size: int, num_items: int) -> i
 
 
 class CrossBatchSoftmax(tf_keras.layers.Layer):
-  """Softmax over [in-batch candidates ; queue] / temperature - log q, with masks.
+  """Softmax over [in-batch candidates ; queue ; mixed negatives] / temperature - log q,
+  with masks.
 
   Row b's positive is candidate b. Masked (never a negative of row b): candidates whose id
-  equals row b's positive (accidental hits, queue included), empty queue slots, every queue
-  slot during warm-up, and candidates among row b's history items (known positives).
+  equals row b's positive (accidental hits, queue and mixed negatives included), empty queue
+  slots, every queue slot during warm-up, and candidates among row b's history items (known
+  positives).
   """
 
   def __init__(self, config: LossConfig, queue: Optional[CrossBatchQueue] = None, **kwargs):
@@ -105,11 +108,12 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     return candidates - tf.reduce_mean(candidates, axis=0, keepdims=True)
 
   def logits(self, query, candidates, candidate_ids, candidate_log_q, history=None,
-             step=None, label_offset=0):
-    """Masked, corrected logits [B, C + M]; row b's label is column b + label_offset.
+             step=None, label_offset=0, negatives=None):
+    """Masked, corrected logits [B, C + M + B']; row b's label is column b + label_offset.
 
     ``candidates`` may be the global batch of several replicas (C = replicas x B); then row
-    b of this replica is global row label_offset + b.
+    b of this replica is global row label_offset + b. ``negatives`` is (embeddings, ids,
+    log q) of B' mixed negatives, or None.
     """
     cfg = self._config
     all_ids = candidate_ids
@@ -122,6 +126,11 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
       # Empty or still-warming slots get a huge bias: exp() of their logit is exactly 0.
       queue_bias = tf.where(queue_ok, self.queue.log_q if cfg.logq else 0.0, -MASKED_LOGIT)
       blocks.append((self.queue.embeddings, queue_bias))
+    if negatives is not None:
+      negative_embeddings, negative_ids, negative_log_q = negatives
+      all_ids = tf.concat([all_ids, tf.cast(negative_ids, all_ids.dtype)], axis=0)
+      blocks.append((negative_embeddings,
+                     negative_log_q if cfg.logq else tf.zeros_like(negative_log_q)))
     # The [B, B + M] logits are the costly tensor on small towers (experiments/RESULTS.md),
     # so every per-candidate term rides in the matmul instead of passing over them: the
     # temperature scales the [B, D] query, and the bias (log q, slot masks) is an extra
@@ -149,11 +158,11 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     return logits
 
   def call(self, query, candidates, candidate_ids, candidate_log_q, history=None, step=None,
-           label_offset=0, global_batch_size=None):
+           label_offset=0, global_batch_size=None, negatives=None):
     """Mean loss over the rows; with ``global_batch_size`` (several replicas), this
     replica's share of the global mean, so that summing over replicas gives the mean."""
     logits = self.logits(query, candidates, candidate_ids, candidate_log_q, history, step,
-                         label_offset)
+                         label_offset, negatives)
     labels = tf.range(tf.shape(query)[0]) + label_offset
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     if global_batch_size is None:
@@ -162,14 +171,22 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
 
 
 class TwoTowerModel(tfrs.Model):
-  """User tower + item tower + CrossBatchSoftmax; the queue is filled after each step."""
+  """User tower + item tower + CrossBatchSoftmax; the queue is filled after each step.
 
-  def __init__(self, user_tower, item_tower, task: CrossBatchSoftmax, frequency):
+  With a ``mixed`` sampler, B' corpus items per step (features gathered by ``item_features``)
+  are encoded with the batch and join the softmax as negatives.
+  """
+
+  def __init__(self, user_tower, item_tower, task: CrossBatchSoftmax, frequency,
+               mixed: Optional[MixedNegativeSampler] = None,
+               item_features: Optional[FeatureGather] = None):
     super().__init__()
     self.user_tower = user_tower
     self.item_tower = item_tower
     self.task = task
     self.frequency = frequency
+    self.mixed = mixed
+    self._item_features = item_features
 
   def _forward(self, features, training):
     """Loss of this replica's rows against the global batch (+ queue), and the global
@@ -177,10 +194,24 @@ class TwoTowerModel(tfrs.Model):
     query = self.user_tower(features["user"], training=training)
     local = self.item_tower(features["item"], training=training)
     ctx = replica_context()
-    candidates = self.task.center(gather_replicas(local))
+    candidates = gather_replicas(local)
     ids = gather_replicas(features["item"]["item_id"])
-    log_q = self.frequency.log_q(ids)
     step = self.optimizer.iterations if self.optimizer is not None else None
+    negatives = None
+    if self.mixed is None:
+      candidates = self.task.center(candidates)
+      log_q = self.frequency.log_q(ids)
+    else:
+      # The same B' items on every replica (seeded by the step), not gathered.
+      negative_ids = self.mixed.sample(step if step is not None else 0)
+      encoded = self.item_tower(self._item_features.item(negative_ids), training=training)
+      # One common shift for both: the softmax ignores it, the queue needs it (center()).
+      both = self.task.center(tf.concat([candidates, encoded], axis=0))
+      candidates, encoded = both[:tf.shape(ids)[0]], both[tf.shape(ids)[0]:]
+      num = tf.shape(ids)[0]
+      log_q = self.mixed.mixture_log_q(self.frequency.log_rate(ids, num), ids)
+      negatives = (encoded, negative_ids, self.mixed.mixture_log_q(
+          self.frequency.log_rate(negative_ids, num), negative_ids))
     if ctx is None:
       offset, global_batch = 0, None
     else:
@@ -190,7 +221,8 @@ class TwoTowerModel(tfrs.Model):
       offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
       global_batch = tf.shape(ids)[0]
     loss = self.task(query, candidates, ids, log_q, history=features["user"].get(HISTORY),
-                     step=step, label_offset=offset, global_batch_size=global_batch)
+                     step=step, label_offset=offset, global_batch_size=global_batch,
+                     negatives=negatives)
     return loss, (candidates, ids, log_q)
 
   def compute_loss(self, features, training=False):
@@ -222,7 +254,14 @@ def build_retrieval_model(data, config) -> TwoTowerModel:
   queue_size = resolve_queue_size(config.loss, config.train.batch_size, data.num_items)
   queue = CrossBatchQueue(queue_size, config.model.embedding_dim) if queue_size else None
   task = CrossBatchSoftmax(config.loss, queue)
-  return TwoTowerModel(user_tower, item_tower, task, build_frequency(data, config.loss))
+  frequency = build_frequency(data, config.loss)
+  if not config.loss.mixed_negatives:
+    return TwoTowerModel(user_tower, item_tower, task, frequency)
+  mixed = MixedNegativeSampler(config.loss.mixed_negatives,
+                               config.loss.mixed_negatives_distribution, data.corpus_ids(),
+                               data.train_item_counts(), len(data.item_vocab),
+                               seed=config.train.seed)
+  return TwoTowerModel(user_tower, item_tower, task, frequency, mixed, FeatureGather(data))
 
 
 def build_frequency(data, config: LossConfig):

@@ -26,6 +26,7 @@ from twotower.data import splits
 from twotower.model import retrieval
 from twotower.model.encoding import Encoder
 from twotower.model.frequency import StreamingFrequencyEstimator
+from twotower.model.mixed_negatives import DISTRIBUTIONS as MIXED_DISTRIBUTIONS
 from twotower.train.drift import DriftMonitor
 from twotower.train.optimizers import OPTIMIZERS, make_optimizer
 from twotower.train.stability import DivergenceError, DivergenceGuard
@@ -97,6 +98,10 @@ def validate_config(config: Config) -> None:
        f"--frequency_hashes must be in [1, {max_hashes}], got {l.frequency_hashes}"),
       (not_streaming or 0 < l.frequency_learning_rate <= 1,
        f"--frequency_learning_rate must be in (0, 1], got {l.frequency_learning_rate}"),
+      (l.mixed_negatives >= 0, f"--mixed_negatives must be >= 0, got {l.mixed_negatives}"),
+      (l.mixed_negatives_distribution in MIXED_DISTRIBUTIONS,
+       f"--mixed_negatives_distribution must be one of {MIXED_DISTRIBUTIONS}, got "
+       f"{l.mixed_negatives_distribution!r}"),
       (d.history_length > 0, f"--history_length must be positive, got {d.history_length}"),
       (0 <= d.valid_fraction < 1, f"--valid_fraction must be in [0, 1), got {d.valid_fraction}"),
       (0 <= d.test_fraction < 1, f"--test_fraction must be in [0, 1), got {d.test_fraction}"),
