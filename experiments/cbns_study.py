@@ -1,17 +1,22 @@
-"""In-batch vs cross-batch negatives at equal steps: quality and step cost, one table.
+"""In-batch vs cross-batch negatives: quality, step cost and memory, one table.
 
-Each variant is a full twotower-train run (early stopping on validation Recall@20) on the
-same prepared data and seed; reported on the test split with the exact protocol. Variants
-are ``B:M[:logq]`` strings: B the batch size, M the queue size (0 = in-batch only), logq
-``on`` (default) or ``off``. Wall-clock figures share one machine and process, run one
-after the other, so compare them within a run only.
+Each variant is a full twotower-train run on the same prepared data and seed, reported on the
+test split with the exact protocol: early stopping on validation Recall@20, or, with
+``--step_limit``, a fixed number of steps (equal steps). Variants are
+``B:M[:logq[:B']][@steps]`` strings: B the batch size, M the queue size (0 = in-batch only),
+logq ``on`` (default) or ``off``, B' mixed negatives per step (default 0), and an optional
+step limit of this variant's own (e.g. the in-batch run given the wall time of a CBNS run).
+Wall-clock figures share one machine and process, run one after the other, so compare them
+within a run only; peak memory is the process's resident high-water mark during the run.
 
   python experiments/cbns_study.py --dataset=movielens-100k \\
       --variants=512:0,512:512,512:2048,512:0:off,512:2048:off,2560:0
+  python experiments/cbns_study.py --dataset=synthetic --synthetic_items=200000 \\
+      --synthetic_users=50000 --synthetic_interactions=2000000 --step_limit=2000 \\
+      --variants=256:0,2048:0,256:2048,256:4096,256:2048:off,256:0:on:256,256:2048:on:256
 
 Validation Recall@20 against training seconds and the embedding drift against steps come
-out as PNGs with ``--plot_prefix``. Mixed negatives and the large synthetic corpus are not
-done yet.
+out as PNGs with ``--plot_prefix``.
 """
 import twotower  # noqa: F401
 
@@ -27,10 +32,17 @@ from twotower.config import Config
 from twotower.data import prepare as prepare_lib
 from twotower.train import loop
 
+import peak_memory
+
 flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
 flags.DEFINE_list("variants", ["512:0", "512:512", "512:2048", "512:0:off", "512:2048:off"],
-                  "B:M[:logq] per run.")
+                  "B:M[:logq[:B']][@steps] per run.")
 flags.DEFINE_integer("epochs", 30, "Epoch cap (early stopping usually ends runs sooner).")
+flags.DEFINE_integer("step_limit", 0, "Steps per run (0: early stopping ends runs).")
+flags.DEFINE_string("mixed_distribution", "uniform", "Corpus sampling of mixed negatives.")
+flags.DEFINE_integer("synthetic_users", 5000, "Synthetic dataset size.")
+flags.DEFINE_integer("synthetic_items", 2000, "Synthetic dataset size.")
+flags.DEFINE_integer("synthetic_interactions", 100_000, "Synthetic dataset size.")
 flags.DEFINE_integer("seed", 0, "Seed shared by every run.")
 flags.DEFINE_float("learning_rate", None, "Learning rate of every run (default: Config's).")
 flags.DEFINE_string("output", None, "Also write the JSON report here.")
@@ -41,34 +53,73 @@ FLAGS = flags.FLAGS
 REPORTED = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20")
 
 
-def parse_variant(text: str) -> tuple[int, int, bool]:
-  parts = text.split(":")
-  if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("on", "off")):
-    raise flags.ValidationError(f"--variants entries are B:M[:on|off], got {text!r}")
-  return int(parts[0]), int(parts[1]), len(parts) == 2 or parts[2] == "on"
+@dataclasses.dataclass
+class Variant:
+  batch_size: int
+  queue_size: int
+  logq: bool = True
+  mixed_negatives: int = 0
+  step_limit: int = 0           # 0: --step_limit
+
+  @property
+  def label(self) -> str:
+    text = f"B={self.batch_size} M={self.queue_size} logQ={'on' if self.logq else 'off'}"
+    return text + (f" B'={self.mixed_negatives}" if self.mixed_negatives else "")
 
 
-def run_variant(data, batch_size: int, queue_size: int, logq: bool) -> dict:
+def parse_variant(text: str) -> Variant:
+  spec, _, steps = text.partition("@")
+  parts = spec.split(":")
+  try:
+    if len(parts) not in (2, 3, 4) or (len(parts) > 2 and parts[2] not in ("on", "off")):
+      raise ValueError
+    return Variant(int(parts[0]), int(parts[1]), len(parts) == 2 or parts[2] == "on",
+                   int(parts[3]) if len(parts) == 4 else 0, int(steps) if steps else 0)
+  except ValueError:
+    raise flags.ValidationError(
+        f"--variants entries are B:M[:on|off[:B']][@steps], got {text!r}") from None
+
+
+def _config() -> Config:
   config = Config()
-  config.data.dataset = FLAGS.dataset
-  config.train = dataclasses.replace(config.train, batch_size=batch_size, epochs=FLAGS.epochs,
-                                     seed=FLAGS.seed, progress=False)
-  config.loss = dataclasses.replace(config.loss, queue_size=queue_size, logq=logq)
+  config.data = dataclasses.replace(
+      config.data, dataset=FLAGS.dataset, synthetic_users=FLAGS.synthetic_users,
+      synthetic_items=FLAGS.synthetic_items,
+      synthetic_interactions=FLAGS.synthetic_interactions)
+  return config
+
+
+def run_variant(data, v: Variant) -> dict:
+  config = _config()
+  config.train = dataclasses.replace(config.train, batch_size=v.batch_size, epochs=FLAGS.epochs,
+                                     seed=FLAGS.seed, progress=False,
+                                     step_limit=v.step_limit or FLAGS.step_limit)
+  config.loss = dataclasses.replace(config.loss, queue_size=v.queue_size, logq=v.logq,
+                                    mixed_negatives=v.mixed_negatives,
+                                    mixed_negatives_distribution=FLAGS.mixed_distribution)
   if FLAGS.learning_rate is not None:
     config.train.learning_rate = FLAGS.learning_rate
+  peak_memory.reset_peak_rss()
+  before = peak_memory.status_bytes("VmRSS")
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
     log = loop.train(config, workdir, data)
     wall = time.perf_counter() - started
+  peak = peak_memory.peak_rss_bytes() - before
   epochs = log["epochs"]
   speeds = sorted(e["examples_per_second"] for e in epochs[1:] or epochs)   # skip tracing
   final = log["final"]
-  num_train = data.stats["train"]
-  elapsed = np.cumsum([num_train / e["examples_per_second"] for e in epochs])
-  return {"batch_size": batch_size, "queue_size": queue_size, "logq": logq,
+  steps = np.diff([0] + [e["step"] for e in epochs])
+  elapsed = np.cumsum([n * v.batch_size / e["examples_per_second"]
+                       for n, e in zip(steps, epochs)])
+  speed = speeds[len(speeds) // 2]
+  return {"batch_size": v.batch_size, "queue_size": v.queue_size, "logq": v.logq,
+          "mixed_negatives": v.mixed_negatives, "label": v.label,
           "best_epoch": final["best_epoch"], "steps": final["steps"],
-          "wall_seconds": round(wall, 1),
-          "median_examples_per_second": round(speeds[len(speeds) // 2]),
+          "wall_seconds": round(wall, 1), "train_seconds": round(float(elapsed[-1]), 1),
+          "median_examples_per_second": round(speed),
+          "step_ms": round(1000 * v.batch_size / speed, 2),
+          "peak_rss_increase_mb": round(peak / 2**20),
           "test": {k: round(final["test"][k], 4) for k in REPORTED},
           "valid_recall@20": round(final["valid"]["recall@20"], 4),
           "curve": [{"train_seconds": round(float(t), 2),
@@ -80,19 +131,24 @@ def run_variant(data, batch_size: int, queue_size: int, logq: bool) -> dict:
 def main(argv):
   del argv
   variants = [parse_variant(v) for v in FLAGS.variants]
-  config = Config()
-  config.data.dataset = FLAGS.dataset
+  config = _config()
   data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  print(json.dumps({"data": data.stats}), flush=True)
   rows = []
-  for batch_size, queue_size, logq in variants:
-    rows.append(run_variant(data, batch_size, queue_size, logq))
-    print(json.dumps(rows[-1]), flush=True)
-  print("\n| B | M | logQ | best epoch | test R@20 | test R@50 | test NDCG@10 | ex/s |")
-  print("|---|---|---|---|---|---|---|---|")
+  for variant in variants:
+    rows.append(run_variant(data, variant))
+    print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("curve", "drift")}),
+          flush=True)
+  print("\n| B | M | logQ | B' | steps | test R@10 | R@20 | R@50 | R@100 | NDCG@10 | "
+        "step ms | train s | peak MB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
+    t = r["test"]
     print(f"| {r['batch_size']} | {r['queue_size']} | {'on' if r['logq'] else 'off'} | "
-          f"{r['best_epoch']} | {r['test']['recall@20']:.4f} | {r['test']['recall@50']:.4f} "
-          f"| {r['test']['ndcg@10']:.4f} | {r['median_examples_per_second']} |")
+          f"{r['mixed_negatives']} | {r['steps']} | {t['recall@10']:.4f} | "
+          f"{t['recall@20']:.4f} | {t['recall@50']:.4f} | {t['recall@100']:.4f} | "
+          f"{t['ndcg@10']:.4f} | {r['step_ms']} | {r['train_seconds']} | "
+          f"{r['peak_rss_increase_mb']} |")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump({"dataset": FLAGS.dataset, "runs": rows}, f, indent=2)
@@ -113,8 +169,8 @@ def plot(rows: list, prefix: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
       points = r[source]
-      label = f"B={r['batch_size']} M={r['queue_size']} logQ={'on' if r['logq'] else 'off'}"
-      ax.plot([p[x_key] for p in points], [p[y_key] for p in points], marker=".", label=label)
+      ax.plot([p[x_key] for p in points], [p[y_key] for p in points], marker=".",
+              label=r["label"])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{FLAGS.dataset}")
