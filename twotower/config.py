@@ -67,7 +67,7 @@ class TrainConfig:
   epochs: int = 30
   step_limit: int = 0                         # 0: no limit
   learning_rate: float = 0.003
-  optimizer: str = "adam"
+  optimizer: str = "lazy_adam"                 # adam with row-sparse embedding updates
   early_stopping_metric: str = "recall@20"
   patience: int = 4
   lr_plateau_patience: int = 2
