@@ -208,10 +208,17 @@ class TwoTowerModel(tfrs.Model):
       # One common shift for both: the softmax ignores it, the queue needs it (center()).
       both = self.task.center(tf.concat([candidates, encoded], axis=0))
       candidates, encoded = both[:tf.shape(ids)[0]], both[tf.shape(ids)[0]:]
+      # Stream-drawn candidates per step: the batch and the queue's M entries, so an item's
+      # expected stream occurrences are (C + M) / C times its rate in a batch of C.
       num = tf.shape(ids)[0]
-      log_q = self.mixed.mixture_log_q(self.frequency.log_rate(ids, num), ids)
-      negatives = (encoded, negative_ids, self.mixed.mixture_log_q(
-          self.frequency.log_rate(negative_ids, num), negative_ids))
+      queue_size = self.task.queue.size if self.task.queue is not None else 0
+      scale = tf.math.log(tf.cast(num + queue_size, tf.float32) / tf.cast(num, tf.float32))
+
+      def log_q_of(item_ids):
+        return self.mixed.mixture_log_q(self.frequency.log_rate(item_ids, num) + scale,
+                                        item_ids)
+      log_q = log_q_of(ids)
+      negatives = (encoded, negative_ids, log_q_of(negative_ids))
     if ctx is None:
       offset, global_batch = 0, None
     else:
