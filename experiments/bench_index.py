@@ -14,13 +14,14 @@ so the index is a little larger than the matrix; the AH codes alone are D/4 byte
 """
 import twotower  # noqa: F401
 
-import json
 import os
 import tempfile
 import time
 
 import numpy as np
 from absl import app, flags
+
+from report import emit
 
 from twotower import index as index_lib
 
@@ -104,10 +105,7 @@ def main(argv):
                 searcher_rss_to_float32=round((rss1 - rss0) / float32_bytes, 3),
                 reloaded_recall_vs_exact=round(index_lib.recall(
                     again, index_lib.exact_top_k(report_q[:100], items, 10)[0]), 4))
-  print(json.dumps(report, indent=2))
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      json.dump(report, f, indent=2)
+  emit(report, FLAGS.output)
 
 
 if __name__ == "__main__":

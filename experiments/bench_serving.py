@@ -17,13 +17,14 @@ grown corpus's extra items are OOV ids to the head, which costs the same to scor
 import twotower  # noqa: F401
 
 import concurrent.futures
-import json
 import os
 import threading
 import time
 
 import numpy as np
 from absl import app, flags
+
+from report import emit
 
 from twotower import index as index_lib
 from twotower.serving import Recommender
@@ -156,10 +157,7 @@ def main(argv):
       "qps_1_thread": round(qps1, 1), "qps_4_threads": round(qps4, 1),
       "served_recall@k_vs_exact": round(float(np.sum(hits)) / (FLAGS.k * len(rows)), 4),
   }
-  print(json.dumps(report, indent=2))
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      json.dump(report, f, indent=2)
+  emit(report, FLAGS.output)
 
 
 if __name__ == "__main__":
