@@ -86,20 +86,26 @@ def random_case(seed, num_users=60, num_items=50, dim=3):
   return queries, items, targets, exclude
 
 
-MODES = ("plain", "blocked", "row_count", "tf_count")
+MODES = ("plain", "blocked", "row_count", "blocked_threads", "small_top_k_steps", "tf",
+         "tf_blocked")
 
 
 @pytest.fixture(params=MODES)
 def mode(request, monkeypatch):
-  """Each internal path: plain or two-stage top-k; numpy counts by row blocks, single rows
-  (on the thread pool), or TF's count (the accelerator path)."""
-  if request.param == "blocked":
+  """Each internal path: plain or two-stage top-k (numpy, the CPU path; or TensorFlow, the
+  accelerator path), numpy counts by row blocks or single rows, inline or on the thread
+  pool, the plain numpy top-k a few rows at a time."""
+  if request.param in ("blocked", "tf_blocked", "blocked_threads"):
     monkeypatch.setattr(evaluate, "_BLOCK", 3)
     monkeypatch.setattr(evaluate, "_MIN_BLOCKS_PER_K", 1)
-  elif request.param == "row_count":
+  if request.param in ("row_count", "blocked_threads"):
     monkeypatch.setattr(evaluate, "_COUNT_TASK_ELEMENTS", 1)
-  elif request.param == "tf_count":
-    monkeypatch.setattr(evaluate, "_on_cpu", lambda tensor: False)
+  if request.param == "blocked_threads":
+    monkeypatch.setattr(evaluate, "_workers", lambda: 3)
+  if request.param == "small_top_k_steps":
+    monkeypatch.setattr(evaluate, "_TOP_K_ELEMENTS", 120)
+  if request.param.startswith("tf"):
+    monkeypatch.setattr(evaluate, "_use_tf", lambda: True)
   return request.param
 
 
@@ -175,15 +181,26 @@ def test_duplicate_targets_count_once():
   assert got["recall@1"] == 1.0   # two distinct targets, min(K=1, 2) = 1
 
 
-def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch):
+@pytest.mark.parametrize("use_tf", [False, True])
+def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch, use_tf):
   seen = []
-  original = evaluate._score_chunk
+  monkeypatch.setattr(evaluate, "_use_tf", lambda: use_tf)
+  if use_tf:
+    original = evaluate._score_chunk
 
-  def spy(queries, items_t, *args):
-    seen.append(int(queries.shape[0]) * int(items_t.shape[1]))
-    return original(queries, items_t, *args)
+    def spy(queries, items_t, *args):
+      seen.append(int(queries.shape[0]) * int(items_t.shape[1]))
+      return original(queries, items_t, *args)
 
-  monkeypatch.setattr(evaluate, "_score_chunk", spy)
+    monkeypatch.setattr(evaluate, "_score_chunk", spy)
+  else:
+    original = evaluate._top_k
+
+    def spy(scores, *args):
+      seen.append(scores.size)
+      return original(scores, *args)
+
+    monkeypatch.setattr(evaluate, "_top_k", spy)
   queries, items, targets, exclude = random_case(seed=1)
   evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
                              ItemSets.from_lists(exclude), max_chunk_elements=10 * len(items))
@@ -223,6 +240,41 @@ def test_top_k_items_matches_reference(mode, k):
     assert indices.shape == scores.shape == (len(queries), k)
     np.testing.assert_array_equal(indices, want_indices)
     np.testing.assert_array_equal(scores, want_scores.astype(np.float32))
+
+
+def test_all_scores_tied(mode):
+  # Every score equal: more ties than top-k slots in both stages of the blocked top-k, so
+  # the lowest indices must win everywhere, and every target's rank is its index among the
+  # items left.
+  items = np.ones((40, 2), np.float32)
+  queries = np.ones((3, 2), np.float32)
+  exclude = [[0, 5], [], list(range(0, 40, 2))]
+  indices, _ = evaluate.top_k_items(queries, items, 12, ItemSets.from_lists(exclude))
+  np.testing.assert_array_equal(indices, reference_top_k(queries, items, 12, exclude)[0])
+  targets = [[30], [39, 7], [33]]
+  got = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
+                                   ItemSets.from_lists(exclude), ks=(5, 10))
+  assert_metrics_close(got, reference_metrics(queries, items, targets, exclude, (5, 10)))
+  assert got["mrr"] == pytest.approx((1 / 29 + 1 / 8 + 1 / 17) / 3)
+
+
+@pytest.mark.parametrize("mode", ["plain", "blocked", "small_top_k_steps"], indirect=True)
+def test_nan_scores_rank_as_excluded(mode):
+  # A diverged model's NaN embeddings must not break the top-k: they rank as excluded items.
+  queries, items, targets, exclude = random_case(seed=6)
+  items[[4, 17]] = np.nan
+  queries[3] = np.nan   # every score of this user is NaN: nothing left to rank
+  excluded = [e + [4, 17] for e in exclude]
+  indices, scores = evaluate.top_k_items(queries, items, 10, ItemSets.from_lists(exclude))
+  want = reference_top_k(queries, items, 10, excluded)[0]
+  np.testing.assert_array_equal(np.delete(indices, 3, 0), np.delete(want, 3, 0))
+  assert (indices[3] == -1).all() and not np.isnan(scores).any()
+  ok = [u for u in range(len(queries)) if u != 3]
+  targets = [[t for t in targets[u] if t not in (4, 17)] for u in ok]
+  got = evaluate.retrieval_metrics(queries[ok], items, ItemSets.from_lists(targets),
+                                   ItemSets.from_lists([exclude[u] for u in ok]), ks=(5, 10))
+  want = reference_metrics(queries[ok], items, targets, [excluded[u] for u in ok], (5, 10))
+  assert_metrics_close(got, want)
 
 
 def test_top_k_items_without_exclusions():

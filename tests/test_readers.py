@@ -388,6 +388,50 @@ def test_large_file_line_numbers(tmp_path):
   _assert_located(e.value, path, 15002, "timestamp")
 
 
+# The fast path parses timestamps as integers and labels as categories; whatever pandas'
+# integer inference accepts beyond plain integers must read exactly as the str path would.
+@pytest.mark.parametrize("value,seconds", [("+5", 5), (" 5", 5), ("007", 7), ("1.0", 1),
+                                           ("1e3", 1000), ("1.9", 1), ('"12"', 12)])
+def test_integer_like_timestamps(tmp_path, value, seconds):
+  path = _write(tmp_path, "i.csv", f"user_id,item_id,timestamp,rating\n007,1,10,4\n"
+                                   f"2,2,{value},3.5\n")
+  inter = readers.read_interactions(path)
+  assert list(inter.timestamp) == [10, seconds]
+  assert list(inter.user_id) == ["007", "2"] and list(inter.label) == [4.0, 3.5]
+
+
+@pytest.mark.parametrize("value,match", [
+    ("True", "'True' cannot be parsed"),   # pandas' inference would read 1
+    ("9223372036854775808", "'9223372036854775808' is after 2262"),   # pandas: a uint64
+    ("-5", "'-5' is negative")])
+def test_timestamps_pandas_would_accept(tmp_path, value, match):
+  n = 300_000   # past the parser's first chunk, so the chunks disagree on the type
+  lines = [f"{i % 97},{i % 31},{1000 + i},4" for i in range(n)]
+  lines[n - 2] = f"1,2,{value},4"
+  path = _write(tmp_path, "i.csv", "user_id,item_id,timestamp,rating\n" + "\n".join(lines))
+  with pytest.raises(DataError, match=match) as e:
+    readers.read_interactions(path)
+  _assert_located(e.value, path, n, "timestamp")
+  inter = readers.read_interactions(path, allow_bad_rows=True)
+  assert inter.skipped == 1 and len(inter) == n - 1
+  assert inter.line_numbers[-1] == n + 1
+
+
+def test_iso_timestamps_after_integer_ones(tmp_path):
+  n = 300_000
+  lines = [f"{i % 97},{i % 31},{1000 + i},4" for i in range(n)]
+  lines[-1] = "1,2,1970-01-02,4"
+  path = _write(tmp_path, "i.csv", "user_id,item_id,timestamp,rating\n" + "\n".join(lines))
+  assert readers.read_interactions(path).timestamp[-1] == 86400
+
+
+def test_categorical_labels_keep_their_text_in_errors(tmp_path):
+  path = _write(tmp_path, "i.csv", "user_id,item_id,timestamp,label\n1,1,1,4\n2,2,2,1e400\n")
+  with pytest.raises(DataError, match="label '1e400' is not a finite number") as e:
+    readers.read_interactions(path)
+  _assert_located(e.value, path, 3, "label")
+
+
 # ----------------------------------------------------------------------------------------
 # The original GroupLens files.
 

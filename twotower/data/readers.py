@@ -12,12 +12,14 @@ scan cannot follow (a stray quote in the middle of a field).
 """
 from __future__ import annotations
 
+import codecs
 import collections
 import csv
 import dataclasses
 import io
 import os
 import re
+import warnings
 from typing import Callable, Optional, Sequence
 
 from absl import logging
@@ -118,7 +120,8 @@ class _Layout:
   lines: np.ndarray             # 1-based physical start line of each non-blank data record
   num_fields: np.ndarray        # fields per data record
   undecodable: np.ndarray       # bool per data record
-  parse: Callable[[np.ndarray, int], list[np.ndarray]]   # (keep mask, width) -> columns
+  # (keep mask, width, typed) -> columns; see _fast_layout's parse for ``typed``.
+  parse: Callable[..., list]
   # False when quotes were followed by parity alone: a stray quote inside a field could
   # have misled the scan, so any anomaly is re-checked with the csv module.
   trusted: bool = True
@@ -153,6 +156,8 @@ def _delimiter_for(path: str, buf: bytes) -> str:
 def _undecodable_lines(buf: bytes, path: str, encoding: str,
                        allow_bad_rows: bool) -> np.ndarray:
   """1-based lines that do not decode; raises on the first one unless bad rows are allowed."""
+  if buf.isascii() and codecs.lookup(encoding).name in ("utf-8", "ascii", "iso8859-1"):
+    return np.zeros(0, np.int64)   # no decode (and no copy of the file) needed
   try:
     buf.decode(encoding)
     return np.zeros(0, np.int64)
@@ -206,8 +211,11 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
   else:
     lines = np.arange(1, len(starts) + 1)
   seps = np.flatnonzero(separator)
-  num_fields = np.searchsorted(seps, content_end) - np.searchsorted(seps, starts) + 1
-  clean = not quoted and not _may_need_strip(arr, seps, starts, content_end, delimiter)
+  # A record's separators lie before its terminator, which ends where the next one starts.
+  num_fields = np.diff(np.searchsorted(seps, np.append(starts, ends[-1:]))) + 1
+  clean = not quoted and (_no_space_bytes(buf, arr, len(breaks) + int(has_cr.sum()),
+                                          len(seps) if ord(delimiter) <= 32 else 0) or
+                          not _may_need_strip(arr, seps, starts, content_end, delimiter))
   undecodable = (np.isin(lines, bad_lines) if bad_lines.size
                  else np.zeros(len(lines), bool))
   if quoted and bad_lines.size:   # a record may span lines; any bad one spoils it
@@ -231,27 +239,60 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
     nonblank = nonblank[1:]
   starts, ends, lines = starts[nonblank], ends[nonblank], lines[nonblank]
 
-  def parse(keep: np.ndarray, width: int) -> list[np.ndarray]:
+  def read(keep: np.ndarray, width: int, dtype) -> pd.DataFrame:
     if keep.all() and not blank.any() and len(starts):
-      data = buf[starts[0]:]
+      source = io.BytesIO(buf)   # shares buf; reading starts at the first record
+      source.seek(int(starts[0]))
     else:
       # Copy only the kept records; every record carries its own line terminator.
       mark = np.zeros(len(arr) + 1, np.int8)
       mark[starts[keep]] += 1
       mark[ends[keep]] -= 1
-      data = arr[np.cumsum(mark[:-1], dtype=np.int8).astype(bool)].tobytes()
+      source = io.BytesIO(arr[np.cumsum(mark[:-1], dtype=np.int8).astype(bool)].tobytes())
     frame = pd.read_csv(
-        io.BytesIO(data), sep=delimiter, header=None, names=list(range(width)),
-        dtype=str, keep_default_na=False, na_filter=False, engine="c",
+        source, sep=delimiter, header=None, names=list(range(width)),
+        dtype=dtype, keep_default_na=False, na_filter=False, engine="c",
         skip_blank_lines=False, quoting=quoting, encoding=encoding)
     if len(frame) != int(keep.sum()):
       raise _LayoutMismatch()
+    return frame
+
+  def parse(keep: np.ndarray, width: int, typed: Optional[dict[int, str]] = None) -> list:
+    """Columns as object arrays of str, except where ``typed`` asks otherwise.
+
+    ``typed[i] == _INTEGER``: int64 when every value is a plain integer (pandas' own
+    integer parser, as exact as ``int``), else str. ``typed[i] == _CATEGORICAL``: a
+    ``pd.Categorical`` of the str values, for columns with few distinct values. Both skip
+    a Python object per value; any surprise falls back to str columns.
+    """
+    if typed:
+      dtype = {i: (str if i not in typed else
+                   "category" if typed[i] == _CATEGORICAL else None) for i in range(width)}
+      dtype = {i: d for i, d in dtype.items() if d is not None}   # integers are inferred
+      try:
+        with warnings.catch_warnings():   # mixed-type chunks: seen below, not worth a warning
+          warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+          frame = read(keep, width, dtype)
+        columns = [_typed_column(frame[i], typed.get(i)) for i in range(width)]
+        if all(c is not None for c in columns):
+          return columns
+      except (ValueError, TypeError, OverflowError, _LayoutMismatch):
+        pass   # the str parse below fails (or not) exactly as without ``typed``
+    frame = read(keep, width, str)
     return [frame[i].to_numpy(dtype=object) for i in range(width)]
 
   longest = int((content_end[nonblank] - starts).max(initial=0))
   return _Layout(header, header_line, lines, num_fields[nonblank],
                  undecodable[nonblank], parse, trusted=not quoted, clean=clean,
                  longest=longest)
+
+
+def _no_space_bytes(buf: bytes, arr: np.ndarray, terminators: int, separators: int) -> bool:
+  """True when no byte can be whitespace but the line terminators and separators.
+
+  One compare over the file instead of ``_may_need_strip``'s gathers at every field edge.
+  """
+  return buf.isascii() and int(np.count_nonzero(arr <= 32)) == terminators + separators
 
 
 def _may_need_strip(arr: np.ndarray, seps: np.ndarray, starts: np.ndarray,
@@ -272,6 +313,24 @@ def _may_need_strip(arr: np.ndarray, seps: np.ndarray, starts: np.ndarray,
 
 class _LayoutMismatch(Exception):
   """The byte scan and pandas disagree about the records: use the csv module instead."""
+
+
+# Column types ``_read`` may be asked for (``typed``), instead of str.
+_INTEGER, _CATEGORICAL = "integer", "categorical"
+
+
+def _typed_column(series: pd.Series, kind: Optional[str]):
+  """A column of the typed parse as asked for, or None when only str will do."""
+  if kind is None:
+    return series.to_numpy(dtype=object)   # read as str
+  if kind == _CATEGORICAL:
+    return series.array if isinstance(series.array, pd.Categorical) else None
+  values = series.to_numpy()
+  if kind == _INTEGER and values.dtype == np.int64:
+    return values
+  if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
+    return values   # what the str parse gives: pandas' inference falls back to it
+  return None
 
 
 def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header: bool,
@@ -306,7 +365,8 @@ def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
       raise DataError(f"the header row is not valid {encoding.upper()}", path=path,
                       line=header_line)
 
-  def parse(keep: np.ndarray, width: int) -> list[np.ndarray]:
+  def parse(keep: np.ndarray, width: int, typed=None) -> list[np.ndarray]:
+    del typed   # always str: this path is for files the fast one cannot follow
     kept = [row for row, k in zip(rows, keep) if k]
     columns = [np.empty(len(kept), dtype=object) for _ in range(width)]
     for j in range(width):
@@ -358,8 +418,8 @@ def _strip(values: np.ndarray) -> np.ndarray:
 
 
 def _records(layout: _Layout, path: str, names: list[str], *, has_header: bool,
-             delimiter: str, encoding: str, allow_bad_rows: bool,
-             skips: _Skips) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+             delimiter: str, encoding: str, allow_bad_rows: bool, skips: _Skips,
+             typed: Optional[dict[str, str]] = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """Drops (or reports) undecodable and ragged records; parses the rest into columns."""
   width, lines = len(names), layout.lines
   keep = _fail_or_skip(layout.undecodable, lines, allow_bad_rows=allow_bad_rows,
@@ -382,14 +442,17 @@ def _records(layout: _Layout, path: str, names: list[str], *, has_header: bool,
                         reason="with the wrong number of fields", error=ragged_error)
   if not keep.any():
     return lines[keep], {name: np.zeros(0, dtype=object) for name in names}
+  # Typed columns only where no value can exceed the length limit, which is checked on str.
+  typed = ({names.index(n): kind for n, kind in typed.items() if n in names}
+           if typed and layout.longest <= _MAX_FIELD_CHARS else None)
   try:
-    raw = layout.parse(keep, width)
+    raw = layout.parse(keep, width, typed)
   except pd.errors.ParserError as e:
     if layout.trusted:
       raise DataError(f"cannot parse: {e}", path=path) from None
     raise _LayoutMismatch() from None
-  if not layout.clean:
-    raw = [_strip(col) for col in raw]
+  if not layout.clean:   # int64 columns need none: int() ignores the same spaces
+    raw = [col if col.dtype == np.int64 else _strip(col) for col in raw]
   return lines[keep], dict(zip(names, raw))
 
 
@@ -397,11 +460,17 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
           allow_bad_rows: bool = False, skips: _Skips,
           names: Optional[Sequence[str]] = None, delimiter: Optional[str] = None,
           encoding: str = "utf-8", quoting: int = csv.QUOTE_MINIMAL,
-          infer_kinds: bool = True) -> types.Table:
-  """``read_table`` without the logging, for headerless files too (``names`` given)."""
+          infer_kinds: bool = True,
+          typed: Optional[dict[str, str]] = None) -> types.Table:
+  """``read_table`` without the logging, for headerless files too (``names`` given).
+
+  ``typed`` (column -> _INTEGER or _CATEGORICAL) lets the fast parser hand those columns
+  back as int64 arrays or ``pd.Categorical`` (see _fast_layout), for callers that convert
+  them anyway; other columns, and every column of the fallback parser, are str.
+  """
   path = os.fspath(path)
   buf = _read_bytes(path)
-  if not buf.strip():
+  if not buf or buf.isspace():   # no stripped copy of the whole file
     expected = ("data rows" if names is not None else
                 "a header row naming the columns, e.g. user_id,item_id,timestamp")
     raise DataError(f"the file is empty; expected {expected}", path=path, line=1)
@@ -434,7 +503,7 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
                 allow_bad_rows=allow_bad_rows)
   attempt = _Skips()
   try:
-    lines, columns = _records(layout, path, names, skips=attempt, **kwargs)
+    lines, columns = _records(layout, path, names, skips=attempt, typed=typed, **kwargs)
   except _LayoutMismatch:
     attempt = _Skips()
     layout = _slow_layout(*args)
@@ -462,6 +531,8 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
     drop(np.any([n > _MAX_FIELD_CHARS for n in lengths.values()], axis=0),
          f"with a value over {_MAX_FIELD_CHARS:,} characters", long_error)
   for name in required:
+    if columns[name].dtype == np.int64:
+      continue   # parsed as integers, so none was empty
     drop(columns[name] == "", f"with an empty {name}",
          lambda i, name=name: DataError("empty value in a required column", path=path,
                                         line=int(lines[i]), field=name))
@@ -532,21 +603,32 @@ _TOO_LATE_NUMBER = ("is after 2262-04-11 in a file of epoch seconds (millisecond
                     "1000): " + _TIMESTAMP_HELP)
 
 
-def _to_float(values: np.ndarray) -> np.ndarray:
+def _to_float(values) -> np.ndarray:
   """Strings -> float64, NaN where unparsable. Tries the fast exact cast first."""
+  if isinstance(values, pd.Categorical):   # each distinct string converted once
+    return _to_float(np.asarray(values.categories, dtype=object))[values.codes]
   try:
     return values.astype(np.float64)
   except (ValueError, TypeError, OverflowError):
     return pd.to_numeric(values, errors="coerce").astype(np.float64)
 
 
-def _parse_timestamps(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Strings -> (int64 epoch seconds, reason per row: '' when fine)."""
-  reason = np.full(len(values), "", dtype=object)
+def _parse_timestamps(values: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """Strings (or int64) -> (int64 epoch seconds, reason per row: '' when fine).
+
+  The reasons are None when every row is fine, so that a clean file builds no per-row
+  Python objects.
+  """
   try:   # the common case, and exact beyond 2**53
-    seconds = values.astype(np.int64)
+    seconds = values.astype(np.int64, copy=False)
   except (ValueError, TypeError, OverflowError):
     seconds = None
+  if seconds is not None:
+    negative = seconds < 0
+    late = seconds > _LATEST_TIMESTAMP
+    if not negative.any() and (not late.any() or np.median(seconds) > _LATEST_TIMESTAMP):
+      return seconds, None   # what the general path below finds: no reason anywhere
+  reason = np.full(len(values), "", dtype=object)
   if seconds is None:
     number = _to_float(values)
     seconds = np.zeros(len(values), np.int64)
@@ -581,7 +663,7 @@ def _interactions_from_table(table: types.Table, *, allow_bad_rows: bool,
   """Validates timestamps and labels of an interaction table."""
   lines = table.line_numbers
   seconds, ts_reason = _parse_timestamps(table.columns["timestamp"])
-  bad = ts_reason != ""
+  bad = np.zeros(len(lines), bool) if ts_reason is None else ts_reason != ""
   label_name = next((c for c in LABEL_COLUMNS if c in table.columns), None)
   label = label_bad = None
   if label_name:
@@ -591,8 +673,11 @@ def _interactions_from_table(table: types.Table, *, allow_bad_rows: bool,
     label_bad = ~np.isfinite(label)
     bad |= label_bad
 
+  if bad.any() and not allow_bad_rows and not _all_str(table.columns):
+    raise _NeedsText()   # the error quotes the value as written, so it needs the str
+
   def error(i: int) -> DataError:
-    if ts_reason[i]:
+    if ts_reason is not None and ts_reason[i]:
       value = table.columns["timestamp"][i]
       return DataError(f"timestamp {value!r} {ts_reason[i]}", path=table.path,
                        line=int(lines[i]), field="timestamp")
@@ -607,11 +692,26 @@ def _interactions_from_table(table: types.Table, *, allow_bad_rows: bool,
   if not ok.any():
     raise DataError(f"no usable interactions: all {skips.total} rows were bad",
                     path=table.path)
+  if ok.all():
+    ok = slice(None)   # no copies of the columns
   return types.Interactions(
       path=table.path, user_id=table.columns["user_id"][ok],
       item_id=table.columns["item_id"][ok], timestamp=seconds[ok],
       label=None if label is None else label[ok], line_numbers=lines[ok],
       skipped=skips.total)
+
+
+class _NeedsText(Exception):
+  """A typed (int64 or categorical) table has a bad row: re-read it as str to report it."""
+
+
+def _all_str(columns: dict[str, np.ndarray]) -> bool:
+  return all(isinstance(c, np.ndarray) and c.dtype == object for c in columns.values())
+
+
+# Typed parse of interaction logs: timestamps as integers, labels (few distinct values) as
+# categories; ids stay str.
+_INTERACTION_TYPES = {"timestamp": _INTEGER, **{c: _CATEGORICAL for c in LABEL_COLUMNS}}
 
 
 def read_interactions(path: str, *, allow_bad_rows: bool = False) -> types.Interactions:
@@ -624,11 +724,17 @@ def read_interactions(path: str, *, allow_bad_rows: bool = False) -> types.Inter
   Raises:
     DataError: naming the file, line and field of the first problem.
   """
-  skips = _Skips()
-  table = _read(path, required=INTERACTION_COLUMNS, allow_bad_rows=allow_bad_rows,
-                skips=skips, infer_kinds=False)
-  interactions = _interactions_from_table(table, allow_bad_rows=allow_bad_rows,
-                                          skips=skips)
+  def read(typed):
+    skips = _Skips()
+    table = _read(path, required=INTERACTION_COLUMNS, allow_bad_rows=allow_bad_rows,
+                  skips=skips, infer_kinds=False, typed=typed)
+    return table, skips, _interactions_from_table(table, allow_bad_rows=allow_bad_rows,
+                                                  skips=skips)
+
+  try:
+    table, skips, interactions = read(_INTERACTION_TYPES)
+  except _NeedsText:   # only files with bad timestamps or labels read twice
+    table, skips, interactions = read(None)
   skips.log(table.path)
   return interactions
 
