@@ -142,3 +142,41 @@ def test_queue_size_auto_is_capped_by_catalogue():
 def test_bad_temperature_is_rejected():
   with pytest.raises(ValueError, match="temperature"):
     CrossBatchSoftmax(LossConfig(temperature=0.0))
+
+
+def test_each_item_encoded_once_gives_every_row_and_its_gradient():
+  """The batch's repeated items go through the tower once; embeddings and gradients must be
+  those of encoding every row."""
+  import tf_keras
+  from twotower.model.retrieval import encode_each_item_once
+  tf_keras.utils.set_random_seed(0)
+  tower = tf_keras.Sequential([tf_keras.layers.Dense(8, activation="relu"),
+                               tf_keras.layers.Dense(4)])
+
+  class Tower(tf_keras.Model):
+    def __init__(self):
+      super().__init__()
+      self.embedding = tf_keras.layers.Embedding(10, 3)
+      self.body = tower
+
+    def call(self, features, training=False):
+      x = tf.concat([self.embedding(features["item_id"]),
+                     tf.reduce_mean(self.embedding(features["tokens"]), axis=1)], axis=-1)
+      return self.body(x, training=training)
+
+  model = Tower()
+  ids = tf.constant([3, 5, 3, 7, 5, 3], tf.int64)
+  features = {"item_id": ids, "tokens": tf.stack([ids % 4, ids % 3], axis=1)}
+  weights = tf.constant(np.random.default_rng(0).normal(size=(6, 4)), tf.float32)
+  results = []
+  for encode in (encode_each_item_once,
+                 lambda tower_, f, training: tower_(f, training=training)):
+    with tf.GradientTape() as tape:
+      out = encode(model, features, training=True)
+      loss = tf.reduce_sum(out * weights)
+    results.append((out, tape.gradient(loss, model.trainable_variables)))
+  (once, once_grads), (every, every_grads) = results
+  np.testing.assert_allclose(once.numpy(), every.numpy(), atol=1e-6)
+  for a, b in zip(once_grads, every_grads):
+    np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(),
+                               atol=1e-5)

@@ -425,6 +425,33 @@ def test_iso_timestamps_after_integer_ones(tmp_path):
   assert readers.read_interactions(path).timestamp[-1] == 86400
 
 
+# Integer ids are parsed as integers and formatted back; only fields that are exactly their
+# integer's text may take that path, so every id reads as written (stripped) either way.
+@pytest.mark.parametrize("odd,want", [("007", "007"), ("+5", "+5"), (" 5", "5"), ("-0", "-0"),
+                                      ("5.0", "5.0"), ('"12"', "12"), ("u7", "u7"),
+                                      ("99999999999999999999", "99999999999999999999")])
+@pytest.mark.parametrize("rows", [3, 300_000])   # the odd id in the parser's first chunk or not
+def test_integer_ids_read_as_written(tmp_path, odd, want, rows):
+  users = [str(u) for u in range(rows)]
+  users[-2] = odd
+  lines = [f"{u},{-r if r % 3 == 0 else r},{1000 + r}" for r, u in enumerate(users)]
+  path = _write(tmp_path, "i.csv", "user_id,item_id,timestamp\n" + "\n".join(lines) + "\n")
+  inter = readers.read_interactions(path)
+  expected = [str(u) for u in range(rows)]
+  expected[-2] = want
+  assert all(type(u) is str for u in inter.user_id[-3:])
+  assert list(inter.user_id) == expected
+  assert list(inter.item_id) == [str(-r if r % 3 == 0 else r) for r in range(rows)]
+
+
+def test_plain_integer_ids_at_int64_limits(tmp_path):
+  ids = ["9223372036854775807", "-9223372036854775808", "0", "10", "99", "100", "-1"]
+  lines = [f"{u},{u},{i}" for i, u in enumerate(ids)]
+  path = _write(tmp_path, "i.csv", "user_id,item_id,timestamp\n" + "\n".join(lines))
+  inter = readers.read_interactions(path)
+  assert list(inter.user_id) == ids and list(inter.item_id) == ids
+
+
 def test_categorical_labels_keep_their_text_in_errors(tmp_path):
   path = _write(tmp_path, "i.csv", "user_id,item_id,timestamp,label\n1,1,1,4\n2,2,2,1e400\n")
   with pytest.raises(DataError, match="label '1e400' is not a finite number") as e:

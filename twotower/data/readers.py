@@ -238,6 +238,24 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
       raise DataError(f"malformed header row: {e}", path=path, line=header_line) from None
     nonblank = nonblank[1:]
   starts, ends, lines = starts[nonblank], ends[nonblank], lines[nonblank]
+  record_end = content_end[nonblank]
+
+  def field_lengths(keep: np.ndarray, width: int, column: int) -> int:
+    """Total bytes of one column's fields over the kept records (all have ``width``)."""
+    kept_starts = starts[keep]
+    first = int(np.searchsorted(seps, kept_starts[0]))
+    if keep.all() and len(seps) - first == len(kept_starts) * (width - 1):
+      # Every separator from the first record on is one of theirs, width - 1 each, in order.
+      def separator(j):
+        return seps[first + j::width - 1]
+    else:
+      firsts = np.searchsorted(seps, kept_starts)   # each record's first separator
+
+      def separator(j):
+        return seps[firsts + j]
+    begin = kept_starts if column == 0 else separator(column - 1) + 1
+    end = separator(column) if column < width - 1 else record_end[keep]
+    return int(end.sum()) - int(begin.sum())
 
   def read(keep: np.ndarray, width: int, dtype) -> pd.DataFrame:
     if keep.all() and not blank.any() and len(starts):
@@ -262,8 +280,11 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
 
     ``typed[i] == _INTEGER``: int64 when every value is a plain integer (pandas' own
     integer parser, as exact as ``int``), else str. ``typed[i] == _CATEGORICAL``: a
-    ``pd.Categorical`` of the str values, for columns with few distinct values. Both skip
-    a Python object per value; any surprise falls back to str columns.
+    ``pd.Categorical`` of the str values, for columns with few distinct values.
+    ``typed[i] == _INTEGER_TEXT``: str, but parsed as integers and each distinct one
+    formatted once when every field is exactly its integer's decimal text (ids such as
+    ``123``; ``007`` or ``+5`` are not, and take the str parse). All three skip pandas'
+    building a Python object per value; any surprise falls back to str columns.
     """
     if typed:
       dtype = {i: (str if i not in typed else
@@ -273,7 +294,9 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
         with warnings.catch_warnings():   # mixed-type chunks: seen below, not worth a warning
           warnings.simplefilter("ignore", pd.errors.DtypeWarning)
           frame = read(keep, width, dtype)
-        columns = [_typed_column(frame[i], typed.get(i)) for i in range(width)]
+        columns = [_typed_column(frame[i], typed.get(i),
+                                 lambda i=i: field_lengths(keep, width, i))
+                   for i in range(width)]
         if all(c is not None for c in columns):
           return columns
       except (ValueError, TypeError, OverflowError, _LayoutMismatch):
@@ -316,10 +339,12 @@ class _LayoutMismatch(Exception):
 
 
 # Column types ``_read`` may be asked for (``typed``), instead of str.
-_INTEGER, _CATEGORICAL = "integer", "categorical"
+_INTEGER, _CATEGORICAL, _INTEGER_TEXT = "integer", "categorical", "integer_text"
+# 10**1 .. 10**19: the decimal digits of a magnitude m are searchsorted(m) + 1.
+_POWERS_OF_TEN = 10 ** np.arange(1, 20, dtype=np.uint64)
 
 
-def _typed_column(series: pd.Series, kind: Optional[str]):
+def _typed_column(series: pd.Series, kind: Optional[str], field_lengths: Callable[[], int]):
   """A column of the typed parse as asked for, or None when only str will do."""
   if kind is None:
     return series.to_numpy(dtype=object)   # read as str
@@ -328,9 +353,35 @@ def _typed_column(series: pd.Series, kind: Optional[str]):
   values = series.to_numpy()
   if kind == _INTEGER and values.dtype == np.int64:
     return values
+  if kind == _INTEGER_TEXT and values.dtype == np.int64:
+    # Any other text of an integer ('007', '+5', ' 5', '"5"', '-0') is longer than str(v),
+    # so equal totals mean every field is exactly str(v).
+    if int(_decimal_length(values).sum()) != field_lengths():
+      return None
+    return _format_integers(values)
   if values.dtype == object and pd.api.types.infer_dtype(values, skipna=False) == "string":
     return values   # what the str parse gives: pandas' inference falls back to it
   return None
+
+
+def _format_integers(values: np.ndarray) -> np.ndarray:
+  """Object array of str(v) for int64 values, each distinct value formatted once."""
+  low, high = int(values.min()), int(values.max())
+  if low >= 0 and high < 4 * len(values) + 1024:   # ids from a dense range: a lookup table
+    present = np.zeros(high + 1, bool)
+    present[values] = True
+    table = np.empty(high + 1, object)
+    distinct = np.flatnonzero(present)
+    table[distinct] = distinct.astype(str).astype(object)
+    return table[values]
+  codes, distinct = pd.factorize(values)
+  return distinct.astype(str).astype(object)[codes]
+
+
+def _decimal_length(values: np.ndarray) -> np.ndarray:
+  """Characters of str(v) for each int64 v."""
+  magnitude = np.abs(values).view(np.uint64)   # exact for int64 min too (2**63)
+  return np.searchsorted(_POWERS_OF_TEN, magnitude, side="right") + 1 + (values < 0)
 
 
 def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header: bool,
@@ -464,9 +515,10 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
           typed: Optional[dict[str, str]] = None) -> types.Table:
   """``read_table`` without the logging, for headerless files too (``names`` given).
 
-  ``typed`` (column -> _INTEGER or _CATEGORICAL) lets the fast parser hand those columns
-  back as int64 arrays or ``pd.Categorical`` (see _fast_layout), for callers that convert
-  them anyway; other columns, and every column of the fallback parser, are str.
+  ``typed`` (column -> _INTEGER, _CATEGORICAL or _INTEGER_TEXT) lets the fast parser hand
+  those columns back as int64 arrays, ``pd.Categorical`` or str built without a Python
+  object per field (see _fast_layout), for callers that convert them anyway; other
+  columns, and every column of the fallback parser, are str.
   """
   path = os.fspath(path)
   buf = _read_bytes(path)
@@ -710,8 +762,9 @@ def _all_str(columns: dict[str, np.ndarray]) -> bool:
 
 
 # Typed parse of interaction logs: timestamps as integers, labels (few distinct values) as
-# categories; ids stay str.
-_INTERACTION_TYPES = {"timestamp": _INTEGER, **{c: _CATEGORICAL for c in LABEL_COLUMNS}}
+# categories, integer ids formatted once per distinct id; every id is still a str.
+_INTERACTION_TYPES = {"timestamp": _INTEGER, "user_id": _INTEGER_TEXT,
+                      "item_id": _INTEGER_TEXT, **{c: _CATEGORICAL for c in LABEL_COLUMNS}}
 
 
 def read_interactions(path: str, *, allow_bad_rows: bool = False) -> types.Interactions:

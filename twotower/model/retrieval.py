@@ -170,6 +170,24 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     return tf.reduce_sum(losses) / tf.cast(global_batch_size, losses.dtype)
 
 
+def encode_each_item_once(item_tower, features: dict, training: bool) -> tf.Tensor:
+  """[B, D] item embeddings with each distinct item of the batch through the tower once.
+
+  SpeedyFeed's centralized encoding: a batch repeats its popular items (on MovieLens-100K
+  a 512-row batch holds about 400 distinct ones), and an item's features are the same rows
+  wherever it occurs, so its first occurrence is encoded and the result gathered back; the
+  gradient of the gather sums the occurrences, as encoding every row would. TFRS encodes
+  every row.
+  """
+  ids = features["item_id"]
+  distinct, position = tf.unique(ids)
+  first = tf.math.unsorted_segment_min(tf.range(tf.shape(ids)[0]), position,
+                                       tf.shape(distinct)[0])
+  encoded = item_tower({name: tf.gather(value, first) for name, value in features.items()},
+                       training=training)
+  return tf.gather(encoded, position)
+
+
 class TwoTowerModel(tfrs.Model):
   """User tower + item tower + CrossBatchSoftmax; the queue is filled after each step.
 
@@ -192,7 +210,7 @@ class TwoTowerModel(tfrs.Model):
     """Loss of this replica's rows against the global batch (+ queue), and the global
     candidates to enqueue."""
     query = self.user_tower(features["user"], training=training)
-    local = self.item_tower(features["item"], training=training)
+    local = encode_each_item_once(self.item_tower, features["item"], training)
     ctx = replica_context()
     candidates = gather_replicas(local)
     ids = gather_replicas(features["item"]["item_id"])
