@@ -38,6 +38,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import peak_memory
+import planted
 from report import emit
 
 from twotower import evaluate
@@ -64,10 +65,6 @@ KS = evaluate.DEFAULT_KS
 _CHILD_PREFIX = "CHILD_REPORT "
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-  return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _draw_from_topics(rng, topics_per_pair, order, topic_start, topic_size, num_items):
   """One random item of each given topic (any item for a topic that has none)."""
   size = topic_size[topics_per_pair]
@@ -80,18 +77,9 @@ def planted_problem(num_users, num_items, dim, num_topics, noise, num_exclude, n
                     seed):
   """(queries [U, D], items [N, D], targets, exclude): planted topics, float32, unit norm."""
   rng = np.random.default_rng(seed)
-  topics = _normalize(rng.standard_normal((num_topics, dim), np.float32))
-  items = np.empty((num_items, dim), np.float32)
-  item_topic = rng.integers(num_topics, size=num_items)
-  for start in range(0, num_items, 1 << 18):   # blocks keep the temporaries small
-    end = min(start + (1 << 18), num_items)
-    block_noise = rng.standard_normal((end - start, dim), np.float32) * (noise / np.sqrt(dim))
-    items[start:end] = _normalize(topics[item_topic[start:end]] + block_noise)
-  primary = rng.integers(num_topics, size=num_users)
-  secondary = rng.integers(num_topics, size=num_users)
-  user_noise = rng.standard_normal((num_users, dim), np.float32) * (noise / np.sqrt(dim))
-  queries = _normalize(topics[primary] + 0.5 * topics[secondary] + user_noise)
-  queries = queries.astype(np.float32)
+  topics = planted.topic_centroids(rng, num_topics, dim)
+  items, item_topic = planted.planted_items(rng, topics, num_items, noise)
+  queries, primary, secondary = planted.planted_queries(rng, topics, num_users, noise)
 
   order = np.argsort(item_topic, kind="stable")
   topic_size = np.bincount(item_topic, minlength=num_topics)

@@ -21,6 +21,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+import peak_memory
+import planted
 from report import emit
 
 from twotower import index as index_lib
@@ -37,32 +39,13 @@ flags.DEFINE_string("output", None, "Also write the JSON report here.")
 FLAGS = flags.FLAGS
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-  return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def planted_vectors(num_items, num_queries, dim, num_topics, item_noise, query_noise, seed):
   """(items [N, D], queries [Q, D]) from the planted topic model, float32, unit norm."""
   rng = np.random.default_rng(seed)
-  topics = _normalize(rng.standard_normal((num_topics, dim), np.float32))
-  items = np.empty((num_items, dim), np.float32)
-  for start in range(0, num_items, 1 << 18):
-    n = min(1 << 18, num_items - start)
-    noise = rng.standard_normal((n, dim), np.float32) * (item_noise / np.sqrt(dim))
-    items[start:start + n] = _normalize(topics[rng.integers(num_topics, size=n)] + noise)
-  primary = topics[rng.integers(num_topics, size=num_queries)]
-  secondary = topics[rng.integers(num_topics, size=num_queries)]
-  noise = rng.standard_normal((num_queries, dim), np.float32) * (query_noise / np.sqrt(dim))
-  queries = _normalize(primary + 0.5 * secondary + noise).astype(np.float32)
+  topics = planted.topic_centroids(rng, num_topics, dim)
+  items, _ = planted.planted_items(rng, topics, num_items, item_noise)
+  queries, _, _ = planted.planted_queries(rng, topics, num_queries, query_noise)
   return items, queries
-
-
-def _rss_bytes() -> int:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) * 1024
-  return 0
 
 
 def main(argv):
@@ -92,10 +75,10 @@ def main(argv):
                for rel in meta["files"] if rel.startswith(index_lib.SEARCHER + "/"))
     float32_bytes = int(items.nbytes)
     del index
-    rss0 = _rss_bytes()
+    rss0 = peak_memory.status_bytes("VmRSS")
     searcher = index_lib._load_searcher(  # pylint: disable=protected-access
         os.path.join(tmp, index_lib.SEARCHER), "")
-    rss1 = _rss_bytes()
+    rss1 = peak_memory.status_bytes("VmRSS")
     del searcher
     loaded = index_lib.load_index(tmp)   # the round trip verifies and still answers
     again, _ = loaded.search(report_q[:100], 10)

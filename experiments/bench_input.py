@@ -35,7 +35,7 @@ from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.data import readers
 from twotower.model import retrieval
-from twotower.train import optimizers
+from twotower.train import loop
 
 flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "movielens-100k"],
                   "Built-in dataset for the pipeline part (synthetic at the config's sizes).")
@@ -66,15 +66,8 @@ def _dataset(data, config: Config, epoch: int) -> tf.data.Dataset:
 
 def _build_step(data, config: Config):
   """The model and compiled train step, built as Trainer builds them (no distribution)."""
-  t = config.train
-  tf_keras.utils.set_random_seed(t.seed)
-  model = retrieval.build_retrieval_model(data, config)
-  optimizer = optimizers.make_optimizer(t.optimizer, t.learning_rate, t.global_clipnorm)
-  model.compile(optimizer=optimizer)
-  sample = pipeline.training_dataset(data, batch_size=2, seed=t.seed,
-                                     history_length=config.data.history_length)
-  model.compute_loss(next(iter(sample)))
-  optimizer.build(model.trainable_variables)
+  tf_keras.utils.set_random_seed(config.train.seed)
+  model, _ = loop.build_model(data, config)
   return tf.function(model.train_step, reduce_retracing=True)
 
 

@@ -24,6 +24,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+import peak_memory
+
 from twotower.serving import Recommender
 
 flags.DEFINE_string("export_dir", None, "A twotower-export directory.")
@@ -54,13 +56,7 @@ MALFORMED = (
 
 def memory_mb() -> dict:
   """VmRSS and VmHWM (peak RSS) of this process, in MB."""
-  out = {}
-  with open("/proc/self/status") as f:
-    for line in f:
-      key, _, value = line.partition(":")
-      if key in ("VmRSS", "VmHWM"):
-        out[key] = round(int(value.split()[0]) / 1024, 1)
-  return out
+  return {key: round(peak_memory.status_bytes(key) / 2**20, 1) for key in ("VmRSS", "VmHWM")}
 
 
 def request_mix(rec: Recommender, n: int, k: int, seed: int) -> list:

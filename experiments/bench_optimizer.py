@@ -9,6 +9,7 @@ default. Rounds are interleaved; prints the median ms per step of each (optimize
 """
 import twotower  # noqa: F401
 
+import copy
 import json
 import statistics
 import time
@@ -20,8 +21,7 @@ from absl import app, flags
 from twotower.config import Config
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
-from twotower.model import retrieval
-from twotower.train.optimizers import make_optimizer
+from twotower.train import loop
 
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
 flags.DEFINE_integer("queue_size", 2048, "Queue size of the CBNS variants.")
@@ -34,14 +34,11 @@ FLAGS = flags.FLAGS
 
 
 def _variant(data, config, batches, optimizer_name, queue_size):
-  config = Config.from_dict(json.loads(config.to_json()))
+  config = copy.deepcopy(config)
   config.loss.queue_size, config.loss.queue_warmup_steps = queue_size, 0
+  config.train.optimizer = optimizer_name
   tf_keras.utils.set_random_seed(0)
-  model = retrieval.build_retrieval_model(data, config)
-  optimizer = make_optimizer(optimizer_name, config.train.learning_rate)
-  model.compile(optimizer=optimizer)
-  model.compute_loss(batches[0])
-  optimizer.build(model.trainable_variables)
+  model, _ = loop.build_model(data, config)
   step = tf.function(model.train_step, reduce_retracing=True)
   for batch in batches[:5]:       # tracing
     step(batch)

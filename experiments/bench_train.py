@@ -18,6 +18,7 @@ noise hits all of them alike. Prints median examples/s and the ratios.
 """
 import twotower  # noqa: F401
 
+import copy
 import json
 import statistics
 import time
@@ -34,6 +35,7 @@ from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.model import retrieval
 from twotower.model.towers import ItemTower, UserTower
+from twotower.train import loop
 from twotower.train.optimizers import make_optimizer
 
 flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
@@ -88,11 +90,7 @@ def _twotower(data, config, queue_size, every_row=False):
   config.loss.queue_size = queue_size
   config.loss.queue_warmup_steps = 0
   tf_keras.utils.set_random_seed(0)
-  model = retrieval.build_retrieval_model(data, config)
-  optimizer = make_optimizer(config.train.optimizer, config.train.learning_rate)
-  model.compile(optimizer=optimizer)
-  model.compute_loss(next(iter(_dataset(data, config, 0))))
-  optimizer.build(model.trainable_variables)
+  model, _ = loop.build_model(data, config)
   step = tf.function(model.train_step, reduce_retracing=True)
 
   def epoch(e):
@@ -125,12 +123,12 @@ def main(argv):
   distinct = [len(np.unique(b["item"]["item_id"].numpy())) / len(b["item"]["item_id"])
               for b in _dataset(data, config, 0)]
   variants = {
-      "canonical_tfrs": _canonical(data, Config.from_dict(json.loads(config.to_json()))),
-      "twotower_in_batch": _twotower(data, Config.from_dict(json.loads(config.to_json())), 0),
-      "twotower_cbns_8B": _twotower(data, Config.from_dict(json.loads(config.to_json())),
+      "canonical_tfrs": _canonical(data, copy.deepcopy(config)),
+      "twotower_in_batch": _twotower(data, copy.deepcopy(config), 0),
+      "twotower_cbns_8B": _twotower(data, copy.deepcopy(config),
                                     8 * FLAGS.batch_size),
       "twotower_in_batch_every_row": _twotower(
-          data, Config.from_dict(json.loads(config.to_json())), 0, every_row=True),
+          data, copy.deepcopy(config), 0, every_row=True),
   }
   for fn in variants.values():      # warm-up: tracing and first-epoch allocation
     fn(0)

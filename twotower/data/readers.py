@@ -257,7 +257,7 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
     end = separator(column) if column < width - 1 else record_end[keep]
     return int(end.sum()) - int(begin.sum())
 
-  def read(keep: np.ndarray, width: int, dtype) -> pd.DataFrame:
+  def read(keep: np.ndarray, width: int, dtype, usecols=None) -> pd.DataFrame:
     if keep.all() and not blank.any() and len(starts):
       source = io.BytesIO(buf)   # shares buf; reading starts at the first record
       source.seek(int(starts[0]))
@@ -269,7 +269,7 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
       source = io.BytesIO(arr[np.cumsum(mark[:-1], dtype=np.int8).astype(bool)].tobytes())
     frame = pd.read_csv(
         source, sep=delimiter, header=None, names=list(range(width)),
-        dtype=dtype, keep_default_na=False, na_filter=False, engine="c",
+        usecols=usecols, dtype=dtype, keep_default_na=False, na_filter=False, engine="c",
         skip_blank_lines=False, quoting=quoting, encoding=encoding)
     if len(frame) != int(keep.sum()):
       raise _LayoutMismatch()
@@ -284,7 +284,8 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
     ``typed[i] == _INTEGER_TEXT``: str, but parsed as integers and each distinct one
     formatted once when every field is exactly its integer's decimal text (ids such as
     ``123``; ``007`` or ``+5`` are not, and take the str parse). All three skip pandas'
-    building a Python object per value; any surprise falls back to str columns.
+    building a Python object per value; a column that does not fit its type is read again
+    as str, alone.
     """
     if typed:
       dtype = {i: (str if i not in typed else
@@ -297,8 +298,12 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
         columns = [_typed_column(frame[i], typed.get(i),
                                  lambda i=i: field_lengths(keep, width, i))
                    for i in range(width)]
-        if all(c is not None for c in columns):
-          return columns
+        misfits = [i for i, column in enumerate(columns) if column is None]
+        if misfits:   # e.g. zero-padded ids: only those columns pay for the str parse
+          frame = read(keep, width, str, usecols=misfits)
+          for i in misfits:
+            columns[i] = frame[i].to_numpy(dtype=object)
+        return columns
       except (ValueError, TypeError, OverflowError, _LayoutMismatch):
         pass   # the str parse below fails (or not) exactly as without ``typed``
     frame = read(keep, width, str)

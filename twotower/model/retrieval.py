@@ -224,11 +224,11 @@ class TwoTowerModel(tfrs.Model):
       negative_ids = self.mixed.sample(step if step is not None else 0)
       encoded = self.item_tower(self._item_features.item(negative_ids), training=training)
       # One common shift for both: the softmax ignores it, the queue needs it (center()).
+      num = tf.shape(ids)[0]
       both = self.task.center(tf.concat([candidates, encoded], axis=0))
-      candidates, encoded = both[:tf.shape(ids)[0]], both[tf.shape(ids)[0]:]
+      candidates, encoded = both[:num], both[num:]
       # Stream-drawn candidates per step: the batch and the queue's M entries, so an item's
       # expected stream occurrences are (C + M) / C times its rate in a batch of C.
-      num = tf.shape(ids)[0]
       queue_size = self.task.queue.size if self.task.queue is not None else 0
       scale = tf.math.log(tf.cast(num + queue_size, tf.float32) / tf.cast(num, tf.float32))
 

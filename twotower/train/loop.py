@@ -165,6 +165,30 @@ class _LoopState(tf.Module):
     self.recoveries = var(0, tf.int64)
 
 
+def build_model(data: prepare_lib.PreparedData, config: Config):
+  """(retrieval model, optimizer) as the config asks, compiled, with every weight and
+  optimizer slot created, ready for ``tf.function(model.train_step)``.
+
+  The weights and slots exist before tracing so that the step can apply its gradients
+  inside a tf.cond (skipped when they are not finite). Under a distribution strategy, call
+  it in the strategy's scope.
+  """
+  t = config.train
+  model = retrieval.build_retrieval_model(data, config)
+  optimizer = make_optimizer(
+      t.optimizer, t.learning_rate, t.global_clipnorm,
+      clippy_thresholds={
+          "variable_relative_threshold": t.clippy_variable_relative_threshold,
+          "accumulator_relative_threshold": t.clippy_accumulator_relative_threshold,
+          "absolute_threshold": t.clippy_absolute_threshold})
+  model.compile(optimizer=optimizer)
+  sample = pipeline.training_dataset(data, batch_size=2, seed=t.seed,
+                                     history_length=config.data.history_length)
+  model.compute_loss(next(iter(sample)))
+  optimizer.build(model.trainable_variables)
+  return model, optimizer
+
+
 class Trainer:
   """Owns the model, optimizer, checkpoints and logs of one training run."""
 
@@ -175,20 +199,7 @@ class Trainer:
     self.strategy = make_strategy(t.distribution)
     self.distributed = self.strategy.num_replicas_in_sync > 1
     with self.strategy.scope():
-      self.model = retrieval.build_retrieval_model(data, config)
-      self.optimizer = make_optimizer(
-          t.optimizer, t.learning_rate, t.global_clipnorm,
-          clippy_thresholds={
-              "variable_relative_threshold": t.clippy_variable_relative_threshold,
-              "accumulator_relative_threshold": t.clippy_accumulator_relative_threshold,
-              "absolute_threshold": t.clippy_absolute_threshold})
-      self.model.compile(optimizer=self.optimizer)
-      # Weights and optimizer slots exist before tracing, so that the step can apply its
-      # gradients inside a tf.cond (skipped when they are not finite).
-      sample = pipeline.training_dataset(data, batch_size=2, seed=t.seed,
-                                         history_length=config.data.history_length)
-      self.model.compute_loss(next(iter(sample)))
-      self.optimizer.build(self.model.trainable_variables)
+      self.model, self.optimizer = build_model(data, config)
     self.state = _LoopState()
     self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                           state=self.state)
