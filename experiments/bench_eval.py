@@ -2,13 +2,15 @@
 
 Evaluation scores every item for every user, so its floor is the [U, D] x [D, N] float32
 product itself. This times ``retrieval_metrics`` (masking, two-stage top-k, exact MRR ranks)
-against that product alone in the same chunking, [chunk, D] x [D, N] per chunk, three ways:
-``tf.matmul``; numpy's BLAS into a new array per chunk (``q @ items_t``); and numpy's BLAS
-into one preallocated output reused for every chunk (``np.matmul(..., out=buffer)``, no page
-faults on fresh memory), the fastest bare product on the CPUs measured so far. Rounds are
-interleaved so that machine noise hits all variants alike. It reports the median times,
-eval / each matmul, and the bar's ratio ``eval_over_best_matmul``: eval over the fastest of
-the three on this machine (the target is at most 1.5x).
+against that product alone at the same memory bound, [chunk, D] x [D, N] per chunk, four
+ways: ``tf.matmul``; numpy's BLAS into a new array per chunk (``q @ items_t``); numpy's BLAS
+on all cores into one preallocated output reused for every chunk (``np.matmul(...,
+out=buffer)``, no page faults on fresh memory); and the same products split between worker
+threads with a share of the cores each, exactly as the evaluation splits them (so eval over
+it is the cost of everything but the products). Rounds are interleaved so that machine noise
+hits all variants alike. It reports the median times, eval / each matmul, and the bar's
+ratio ``eval_over_best_matmul``: eval over the fastest of the four on this machine (the
+target is at most 1.5x).
 
 Vectors are planted, not uniform: topic centroids on the unit sphere, each item a centroid
 plus noise, each user a primary plus a weaker secondary topic plus noise, all unit norm.
@@ -26,6 +28,7 @@ holds.
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+import concurrent.futures
 import json
 import os
 import statistics
@@ -35,6 +38,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
+import threadpoolctl
 from absl import app, flags
 
 import peak_memory
@@ -52,8 +56,9 @@ flags.DEFINE_float("noise", 1.25, "Norm of the noise relative to the topic part.
 flags.DEFINE_integer("num_exclude", 20, "Mean excluded (training) items per user.")
 flags.DEFINE_integer("num_targets", 5, "Mean target items per user.")
 flags.DEFINE_integer("repeats", 3, "Interleaved timing rounds.")
-flags.DEFINE_integer("max_chunk_elements", 1 << 25, "Chunk size of the timed comparison.")
-flags.DEFINE_list("memory_chunks", ["22", "24", "25", "26"],
+flags.DEFINE_integer("max_chunk_elements", evaluate.DEFAULT_MAX_CHUNK_ELEMENTS,
+                     "Chunk size of the timed comparison.")
+flags.DEFINE_list("memory_chunks", ["24", "25", "26", "27"],
                   "log2 of the max_chunk_elements values measured for memory (one child each); "
                   "empty to skip.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -103,7 +108,7 @@ def _build_inputs():
 
 
 def _users_per_chunk(max_chunk_elements: int, num_items: int) -> int:
-  return max(1, max_chunk_elements // num_items)   # as evaluate._chunks does
+  return max(1, max_chunk_elements // num_items)   # as evaluate._for_each_chunk does
 
 
 def _tf_matmul_all(queries: np.ndarray, items_t: tf.Tensor, chunk: int) -> None:
@@ -124,6 +129,23 @@ def _numpy_matmul_into_buffer_all(queries: np.ndarray, items_t: np.ndarray,
   for start in range(0, len(queries), chunk):
     end = min(start + chunk, len(queries))
     np.matmul(queries[start:end], items_t, out=buffer[:end - start])
+
+
+def _numpy_matmul_in_workers_all(queries: np.ndarray, items_t: np.ndarray,
+                                 max_chunk_elements: int) -> None:
+  """The bare products split between workers exactly as the evaluation splits them."""
+  workers, chunk, blas_threads = evaluate._worker_plan(   # pylint: disable=protected-access
+      _users_per_chunk(max_chunk_elements, items_t.shape[1]), len(queries))
+
+  def work(w: int) -> None:   # worker w takes every workers-th chunk
+    buffer = np.empty((chunk, items_t.shape[1]), np.float32)
+    for start in range(w * chunk, len(queries), workers * chunk):
+      end = min(start + chunk, len(queries))
+      np.matmul(queries[start:end], items_t, out=buffer[:end - start])
+
+  with threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"):
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      list(pool.map(work, range(workers)))
 
 
 def _child(max_chunk_elements: int) -> None:
@@ -196,6 +218,7 @@ def main(argv):
   _tf_matmul_all(queries[:warm_users], items_t, chunk)
   _numpy_matmul_all(queries[:warm_users], items_t_np, chunk)
   _numpy_matmul_into_buffer_all(queries[:warm_users], items_t_np, chunk)
+  _numpy_matmul_in_workers_all(queries[:warm_users], items_t_np, max_chunk)
 
   metrics = {}
 
@@ -209,6 +232,8 @@ def main(argv):
       "numpy_matmul": lambda: _numpy_matmul_all(queries, items_t_np, chunk),
       "numpy_matmul_into_buffer": lambda: _numpy_matmul_into_buffer_all(queries, items_t_np,
                                                                          chunk),
+      "numpy_matmul_in_workers": lambda: _numpy_matmul_in_workers_all(queries, items_t_np,
+                                                                      max_chunk),
   }
   seconds = {name: [] for name in variants}
   for r in range(FLAGS.repeats):
@@ -219,7 +244,7 @@ def main(argv):
       print(f"round {r}: {name} {seconds[name][-1]:.2f}s", flush=True)
   med = {k: statistics.median(v) for k, v in seconds.items()}
   flops = 2.0 * len(queries) * len(items) * items.shape[1]
-  matmuls = ("tf_matmul", "numpy_matmul", "numpy_matmul_into_buffer")
+  matmuls = ("tf_matmul", "numpy_matmul", "numpy_matmul_into_buffer", "numpy_matmul_in_workers")
   best = min(matmuls, key=lambda k: med[k])
 
   report = {
@@ -236,6 +261,7 @@ def main(argv):
       "eval_over_numpy_matmul": round(med["eval"] / med["numpy_matmul"], 3),
       "eval_over_numpy_matmul_into_buffer": round(med["eval"] / med["numpy_matmul_into_buffer"],
                                                   3),
+      "eval_over_numpy_matmul_in_workers": round(med["eval"] / med["numpy_matmul_in_workers"], 3),
       "best_matmul": best,
       "eval_over_best_matmul": round(med["eval"] / med[best], 3),
       "eval_over_best_matmul_target": 1.5,

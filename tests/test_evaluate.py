@@ -1,6 +1,8 @@
 """Exact retrieval metrics against a brute-force reference: ties, exclusions, chunking."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -93,15 +95,16 @@ MODES = ("plain", "blocked", "row_count", "blocked_threads", "small_top_k_steps"
 @pytest.fixture(params=MODES)
 def mode(request, monkeypatch):
   """Each internal path: plain or two-stage top-k (numpy, the CPU path; or TensorFlow, the
-  accelerator path), numpy counts by row blocks or single rows, inline or on the thread
-  pool, the plain numpy top-k a few rows at a time."""
+  accelerator path), numpy counts by row blocks or single rows, chunks inline or on
+  worker threads, the plain numpy top-k a few rows at a time."""
   if request.param in ("blocked", "tf_blocked", "blocked_threads"):
     monkeypatch.setattr(evaluate, "_BLOCK", 3)
     monkeypatch.setattr(evaluate, "_MIN_BLOCKS_PER_K", 1)
   if request.param in ("row_count", "blocked_threads"):
     monkeypatch.setattr(evaluate, "_COUNT_TASK_ELEMENTS", 1)
-  if request.param == "blocked_threads":
-    monkeypatch.setattr(evaluate, "_workers", lambda: 3)
+  if request.param == "blocked_threads":   # chunks of one query on 3 workers
+    monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 3)
+    monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 1)
   if request.param == "small_top_k_steps":
     monkeypatch.setattr(evaluate, "_TOP_K_ELEMENTS", 120)
   if request.param.startswith("tf"):
@@ -183,13 +186,21 @@ def test_duplicate_targets_count_once():
 
 @pytest.mark.parametrize("use_tf", [False, True])
 def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch, use_tf):
-  seen = []
+  """The scores held at once, over every worker's buffer, stay within max_chunk_elements."""
+  seen = {}   # thread -> largest score matrix it held (one buffer per worker)
   monkeypatch.setattr(evaluate, "_use_tf", lambda: use_tf)
+  monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 3)
+  monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 2)
+
+  def record(size):
+    thread = threading.get_ident()
+    seen[thread] = max(seen.get(thread, 0), size)
+
   if use_tf:
     original = evaluate._score_chunk
 
     def spy(queries, items_t, *args):
-      seen.append(int(queries.shape[0]) * int(items_t.shape[1]))
+      record(int(queries.shape[0]) * int(items_t.shape[1]))
       return original(queries, items_t, *args)
 
     monkeypatch.setattr(evaluate, "_score_chunk", spy)
@@ -197,14 +208,35 @@ def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch, use_tf):
     original = evaluate._top_k
 
     def spy(scores, *args):
-      seen.append(scores.size)
+      record(scores.size)
       return original(scores, *args)
 
     monkeypatch.setattr(evaluate, "_top_k", spy)
   queries, items, targets, exclude = random_case(seed=1)
   evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
                              ItemSets.from_lists(exclude), max_chunk_elements=10 * len(items))
-  assert len(seen) > 1 and max(seen) <= 10 * len(items)
+  assert len(seen) == (1 if use_tf else 3)   # numpy splits the rows over the workers
+  assert sum(seen.values()) <= 10 * len(items)
+
+
+def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
+  monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 2)
+  monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 1)
+  calls = []
+  original = evaluate._top_k
+
+  def failing(scores, *args):
+    calls.append(1)
+    if len(calls) == 3:
+      raise FloatingPointError("boom in a worker")
+    return original(scores, *args)
+
+  monkeypatch.setattr(evaluate, "_top_k", failing)
+  queries, items, targets, exclude = random_case(seed=1)
+  with pytest.raises(FloatingPointError, match="boom in a worker"):
+    evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
+                               ItemSets.from_lists(exclude), max_chunk_elements=2 * len(items))
+  assert len(calls) < len(queries)   # the workers stopped instead of scoring every chunk
 
 
 def test_progress_bar(capsys):

@@ -16,23 +16,30 @@ Cost and memory: users are scored in chunks so that no score matrix holds more t
 Per chunk there is one matmul and two cheap passes over its scores: a per-block maximum that
 narrows the top-k search to the k best blocks, and, for users with no target in the top k,
 a count of the items scoring above their best target (the exact MRR rank). On CPU all of it
-is numpy in one reused score buffer (numpy's BLAS multiplies these shapes about twice as fast
-as tf.matmul, and exclusions are set in place); on an accelerator it is TensorFlow, where
-the scores are.
+is numpy, chunks split between workers with a reused score buffer each (numpy's BLAS
+multiplies these shapes about twice as fast as tf.matmul, and exclusions are set in place);
+on an accelerator it is TensorFlow, where the scores are.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
 import os
+import threading
 from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+import threadpoolctl
 
+from twotower import cpus as cpus_lib
 from twotower.data.itemsets import ItemSets
 
 DEFAULT_KS = (10, 20, 50, 100)
+# Most scores held at once by default: 256 MB of float32, 67 users of a 1M-item corpus, split
+# between two workers on two cores. Fewer users per matmul re-read the corpus for less work
+# (experiments/RESULTS.md, "Exact evaluation and input at scale").
+DEFAULT_MAX_CHUNK_ELEMENTS = 1 << 26
 
 # Items per block in the two-stage top-k; a corpus under _MIN_BLOCKS_PER_K * k blocks takes
 # a plain top_k instead (blocking only pays when the k best blocks are a small fraction).
@@ -41,12 +48,12 @@ _MIN_BLOCKS_PER_K = 8
 # A count task covers whole score rows, about this many scores, so small corpora are not
 # counted one Python call per user.
 _COUNT_TASK_ELEMENTS = 1 << 20
+# Fewest queries in one worker's chunk (see _worker_plan).
+_MIN_WORKER_ROWS = 32
 # Items transposed at a time when the corpus is laid out.
 _TRANSPOSE_ROWS = 1 << 12
 # Most scores in one plain (unblocked) top-k step: bounds its temporaries.
 _TOP_K_ELEMENTS = 1 << 20
-
-_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
 
 # -- public API ----------------------------------------------------------------------------
@@ -57,7 +64,7 @@ def retrieval_metrics(query_embeddings: np.ndarray,
                       targets: ItemSets,
                       exclude: ItemSets | None = None,
                       ks: Sequence[int] = DEFAULT_KS,
-                      max_chunk_elements: int = 1 << 25,
+                      max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
                       progress: bool = False) -> dict[str, float]:
   """Exact metrics of ranking the whole corpus for every user (see the module docstring).
 
@@ -67,7 +74,8 @@ def retrieval_metrics(query_embeddings: np.ndarray,
     targets: U rows of held-out item indices.
     exclude: U rows of item indices never ranked (the user's training items), or None.
     ks: the cutoffs K; a K above N counts as N for the ranked list.
-    max_chunk_elements: the most scores held at once (users per chunk = this // N).
+    max_chunk_elements: the most scores held at once, over all workers (users scored at a
+      time = this // N).
     progress: show a progress bar over chunks.
 
   Returns:
@@ -94,12 +102,14 @@ def retrieval_metrics(query_embeddings: np.ndarray,
     target_ptr = np.zeros(len(kept) + 1, np.int64)
     np.cumsum(counts[kept], out=target_ptr[1:])
     exclude = exclude.subset(kept) if exclude is not None else None
-    corpus = _corpus(items, metrics.depth)
-    for start, scores, _, top_indices, maxima in _chunks(queries[kept], corpus, exclude,
-                                                         max_chunk_elements, progress):
+
+    def consume(start, scores, _, top_indices, maxima):
       keys = target_keys[target_ptr[start]:target_ptr[start + len(top_indices)]]
       metrics.add(start, scores, np.asarray(top_indices).astype(np.int64, copy=False),
                   keys - start * num_items, num_items, maxima)
+
+    _for_each_chunk(queries[kept], _corpus(items, metrics.depth), exclude, max_chunk_elements,
+                    progress, consume)
   return metrics.result(num_users_skipped=num_users - len(kept))
 
 
@@ -107,7 +117,8 @@ def top_k_items(query_embeddings: np.ndarray,
                 item_embeddings: np.ndarray,
                 k: int,
                 exclude: ItemSets | None = None,
-                max_chunk_elements: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
+                max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS
+                ) -> tuple[np.ndarray, np.ndarray]:
   """Exact top-k items of every query, best first, equal scores in item-index order.
 
   Same chunking, exclusion and tie-breaking as ``retrieval_metrics``, so serving and the
@@ -125,13 +136,14 @@ def top_k_items(query_embeddings: np.ndarray,
   indices = np.full((len(queries), k), -1, np.int64)
   scores = np.full((len(queries), k), -np.inf, np.float32)
   depth = min(k, len(items))
-  corpus = _corpus(items, depth)
-  for start, _, values, top, _ in _chunks(queries, corpus, exclude, max_chunk_elements,
-                                       progress=False):
+
+  def consume(start, _, values, top, __):
     values, top = np.asarray(values), np.asarray(top)
     end = start + len(top)
     scores[start:end, :depth] = values
     indices[start:end, :depth] = np.where(values == -np.inf, -1, top)
+
+  _for_each_chunk(queries, _corpus(items, depth), exclude, max_chunk_elements, False, consume)
   return indices, scores
 
 
@@ -139,7 +151,7 @@ def most_popular_metrics(train_item_counts: np.ndarray,
                          targets: ItemSets,
                          exclude: ItemSets | None = None,
                          ks: Sequence[int] = DEFAULT_KS,
-                         max_chunk_elements: int = 1 << 25) -> dict[str, float]:
+                         max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS) -> dict[str, float]:
   """The same metrics for ranking every user's items by training popularity.
 
   Runs through ``retrieval_metrics`` with 1-dimensional embeddings (query 1, item = the dense
@@ -260,26 +272,32 @@ def _block_size(num_items: int, k: int) -> int:
   return _BLOCK if -(-num_items // _BLOCK) >= _MIN_BLOCKS_PER_K * k else 0
 
 
-def _chunks(queries: np.ndarray, corpus: _Corpus, exclude: ItemSets | None,
-            max_chunk_elements: int, progress: bool):
-  """Yields (first row, scores [c, padded N], top values [c, k], top indices [c, k],
-  block maxima [c, padded N / block] or None).
+def _for_each_chunk(queries: np.ndarray, corpus: _Corpus, exclude: ItemSets | None,
+                    max_chunk_elements: int, progress: bool, consume) -> None:
+  """Scores ``queries`` in chunks and calls ``consume(first row, scores [c, padded N],
+  top values [c, k], top indices [c, k], block maxima [c, padded N / block] or None)`` for
+  each, in no particular order.
 
-  On the numpy path the scores live in one buffer that the next chunk overwrites: use them
-  before asking for the next chunk.
+  On CPU the chunks go to workers (see ``_worker_plan``), each with its own score buffer that
+  its next chunk overwrites, so ``consume`` runs on those threads and must use the scores
+  before it returns and touch only its own rows of any shared output.
   """
-  chunk = max(1, int(max_chunk_elements) // corpus.num_items)
+  rows = max(1, int(max_chunk_elements) // corpus.num_items)
+  on_tf = isinstance(corpus.items_t, tf.Tensor)
+  if on_tf:
+    workers, chunk, blas_threads = 1, rows, 0
+  else:
+    workers, chunk, blas_threads = _worker_plan(rows, len(queries))
   starts = range(0, len(queries), chunk)
   bar = None
   if progress:
     import tf_keras  # deferred: only for the bar
     bar = tf_keras.utils.Progbar(len(starts), unit_name="chunk")
-  on_tf = isinstance(corpus.items_t, tf.Tensor)
-  if on_tf:
-    pad = np.arange(corpus.num_items, corpus.num_padded, dtype=np.int64)
-  else:
-    buffer = np.empty((min(chunk, len(queries)), corpus.num_padded), np.float32)
-  for i, start in enumerate(starts):
+  pad = np.arange(corpus.num_items, corpus.num_padded, dtype=np.int64)
+  lock = threading.Lock()
+  todo, done, failed = iter(starts), [0], threading.Event()
+
+  def score(start: int, buffer: Optional[np.ndarray]) -> None:
     end = min(start + chunk, len(queries))
     if on_tf:
       masked = _masked_pairs(exclude, start, end, pad)
@@ -292,12 +310,52 @@ def _chunks(queries: np.ndarray, corpus: _Corpus, exclude: ItemSets | None,
       scores[:, corpus.num_items:] = -np.inf   # padding columns
       if exclude is not None:
         lo, hi = exclude.indptr[start], exclude.indptr[end]
-        rows = np.repeat(np.arange(end - start), np.diff(exclude.indptr[start:end + 1]))
-        scores[rows, exclude.indices[lo:hi]] = -np.inf
+        local = np.repeat(np.arange(end - start), np.diff(exclude.indptr[start:end + 1]))
+        scores[local, exclude.indices[lo:hi]] = -np.inf
       values, indices, maxima = _top_k(scores, corpus.depth, corpus.block)
-    yield start, scores, values, indices, maxima
-    if bar is not None:
-      bar.update(i + 1)
+    consume(start, scores, values, indices, maxima)
+
+  def work(buffer: Optional[np.ndarray]) -> None:
+    try:
+      while not failed.is_set():
+        with lock:
+          start = next(todo, None)
+        if start is None:
+          return
+        score(start, buffer)
+        with lock:
+          done[0] += 1
+          if bar is not None:
+            bar.update(done[0])
+    except BaseException:
+      failed.set()   # the other workers stop after their current chunk
+      raise
+
+  if workers == 1:
+    work(None if on_tf else np.empty((min(chunk, len(queries)), corpus.num_padded),
+                                     np.float32))
+    return
+  buffers = [np.empty((chunk, corpus.num_padded), np.float32) for _ in range(workers)]
+  with threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"):
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      list(pool.map(work, buffers))   # re-raises a worker's error
+
+
+def _worker_plan(rows: int, num_queries: int) -> tuple[int, int, int]:
+  """(workers, queries per worker's chunk, BLAS threads per worker) for ``rows`` scored
+  queries at a time in all.
+
+  One matmul on all cores leaves them idle (or spinning) through the passes over its scores
+  that follow. Splitting the rows between workers with a share of the cores each lets one
+  worker's passes overlap another's matmul: on 2 cores, 2 workers with one BLAS thread each
+  evaluate in measurably less time than one worker with two (experiments/bench_eval.py).
+  A worker's chunk stays at least ``_MIN_WORKER_ROWS`` queries, below which its matmul
+  re-reads the corpus for too little arithmetic.
+  """
+  cpus = cpus_lib.available()
+  workers = max(1, min(cpus, rows // _MIN_WORKER_ROWS, -(-num_queries // _MIN_WORKER_ROWS)))
+  chunk = max(1, min(rows // workers, -(-num_queries // workers)))
+  return workers, chunk, max(1, cpus // workers)
 
 
 def _top_k(scores: np.ndarray, k: int,
@@ -317,24 +375,15 @@ def _top_k(scores: np.ndarray, k: int,
       top[r:r + step] = _best_first(part, _largest(part, k))
     return np.take_along_axis(scores, top, axis=1), top, None
   blocks = scores.reshape(rows, -1, block)
-  maxima = _block_maxima(blocks)
+  maxima = np.max(blocks, axis=2)
   if np.isnan(maxima).any():   # a NaN hides its block's maximum
     scores[np.isnan(scores)] = -np.inf
-    maxima = _block_maxima(blocks)
+    maxima = np.max(blocks, axis=2)
   chosen = _largest(maxima, k)   # see _score_chunk for why this is exact
   candidates = blocks[np.arange(rows)[:, None], chosen].reshape(rows, k * block)
   position = _best_first(candidates, _largest(candidates, k))
   indices = np.take_along_axis(chosen, position // block, axis=1) * block + position % block
   return np.take_along_axis(candidates, position, axis=1), indices, maxima
-
-
-def _block_maxima(blocks: np.ndarray) -> np.ndarray:
-  """[c, num blocks] maxima of [c, num blocks, block] scores, rows split over the workers."""
-  maxima = np.empty(blocks.shape[:2], blocks.dtype)
-  step = -(-len(blocks) // _workers())
-  parts = [slice(r, r + step) for r in range(0, len(blocks), step)]
-  _map(lambda part: np.max(blocks[part], axis=2, out=maxima[part]), parts)
-  return maxima
 
 
 def _largest(x: np.ndarray, k: int) -> np.ndarray:
@@ -475,9 +524,9 @@ def _count_ahead(scores: np.ndarray | tf.Tensor, rows: np.ndarray, best: np.ndar
 
   Masked items hold -inf and never count. A numpy score matrix is counted in place, one
   compare-and-count pass per row (items before the best target count when >=, after it when
-  >), on a thread pool; given the block ``maxima``, only over the blocks whose maximum
-  reaches ``best`` (a fifth of the corpus on average in experiments/bench_eval.py). A
-  tf.Tensor (the accelerator path) is counted with TF, where it lives.
+  >) or one broadcast compare over a few short rows; given the block ``maxima``, only over
+  the blocks whose maximum reaches ``best`` (a fifth of the corpus on average in
+  experiments/bench_eval.py). A tf.Tensor (the accelerator path) is counted with TF, where it lives.
   """
   if isinstance(scores, tf.Tensor):
     return _count_ahead_tf(scores, tf.constant(rows, tf.int32), tf.constant(best),
@@ -508,7 +557,7 @@ def _count_ahead(scores: np.ndarray | tf.Tensor, rows: np.ndarray, best: np.ndar
     ahead = (block > b[:, None]) | ((block == b[:, None]) & (column < j[:, None]))
     return np.count_nonzero(ahead, axis=1)
 
-  return np.concatenate(_map(count, tasks)).astype(np.int64)
+  return np.concatenate([count(task) for task in tasks]).astype(np.int64)
 
 
 @tf.function(reduce_retracing=True)
@@ -518,23 +567,3 @@ def _count_ahead_tf(scores, rows, best, best_item):
   column = tf.range(tf.shape(chunk)[1])[None, :]
   ahead = (chunk > best) | ((chunk == best) & (column < best_item[:, None]))
   return tf.reduce_sum(tf.cast(ahead, tf.int32), axis=1)
-
-
-def _workers() -> int:
-  """Threads for the passes over a chunk's scores: all cores but one.
-
-  After each matmul the BLAS threads spin for a while before they sleep; on a core of its
-  own one costs nothing, while a pass that wants every core fights it (on 2 cores, splitting
-  the passes over both measured slower than one thread).
-  """
-  return max(1, (os.cpu_count() or 1) - 1)
-
-
-def _map(fn, tasks: list) -> list:
-  """[fn(task) for task in tasks], on the thread pool when there is more than one worker."""
-  if len(tasks) == 1 or _workers() == 1:
-    return [fn(task) for task in tasks]
-  global _pool
-  if _pool is None:
-    _pool = concurrent.futures.ThreadPoolExecutor(max_workers=_workers())
-  return list(_pool.map(fn, tasks))

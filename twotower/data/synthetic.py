@@ -43,11 +43,11 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import math
-import os
 from typing import Optional
 
 import numpy as np
 
+from twotower import cpus
 from twotower.data import types
 
 
@@ -496,11 +496,7 @@ def _chunks(user_start: np.ndarray, chunk_size: int) -> list[tuple[int, int]]:
 def _num_threads(cfg: SyntheticConfig) -> int:
   if cfg.num_threads > 0:
     return cfg.num_threads
-  try:
-    cpus = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cpus = os.cpu_count() or 1
-  return max(1, min(cpus, 8))
+  return max(1, min(cpus.available(), 8))
 
 
 def _side_tables(cfg: SyntheticConfig, truth: dict, user_names: np.ndarray,
