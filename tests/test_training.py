@@ -99,6 +99,16 @@ class _Faulty:
     return dict(out, loss=loss)
 
 
+def test_every_epoch_evaluates_with_one_traced_encoder(synthetic_data, tmp_path):
+  """Per-epoch validation reuses the run's encoder instead of tracing new functions each
+  epoch (which TensorFlow also reports as excessive retracing)."""
+  trainer = loop.Trainer(small_config(train__epochs=3), str(tmp_path), synthetic_data)
+  trainer.run()
+  # At most a full and a last partial batch each, however many epochs were validated.
+  assert 1 <= trainer.encoder._items.experimental_get_tracing_count() <= 2
+  assert 1 <= trainer.encoder._users.experimental_get_tracing_count() <= 2
+
+
 def test_divergence_guard_recovers_from_nan_and_spike(clean_run, synthetic_data, tmp_path):
   config = small_config(train__checkpoint_every_steps=20)
   trainer = loop.Trainer(config, str(tmp_path), synthetic_data)

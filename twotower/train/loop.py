@@ -214,7 +214,10 @@ class Trainer:
     self.train_step = tf.function(self._replicated_step, reduce_retracing=True)
     self.writer = tf.summary.create_file_writer(self.wd.tensorboard)
     self.guard = DivergenceGuard(t.divergence_spike_factor)
-    self.drift = (DriftMonitor(Encoder(self.model, data), data.corpus_ids(),
+    # One encoder for the whole run: its traced functions are reused every epoch instead of
+    # retraced (TensorFlow warns about functions created in a loop).
+    self.encoder = Encoder(self.model, data)
+    self.drift = (DriftMonitor(self.encoder, data.corpus_ids(),
                                t.drift_sample_size, t.seed)
                   if t.drift_every_steps else None)
 
@@ -346,7 +349,7 @@ class Trainer:
 
   def _end_epoch(self, epoch, losses, seen, elapsed) -> None:
     t = self.config.train
-    valid = split_metrics(self.model, self.data, splits.VALID, self.config)
+    valid = split_metrics(self.model, self.data, splits.VALID, self.config, self.encoder)
     record = {"epoch": epoch, "step": self._step(),
               "loss": float(np.mean(losses)) if losses else None,
               "examples_per_second": seen / max(elapsed, 1e-9),
@@ -374,8 +377,8 @@ class Trainer:
     self.best_checkpoint.read(self.wd.best).expect_partial()
     self.log["final"] = {
         "best_epoch": int(self.state.best_epoch),
-        "valid": split_metrics(self.model, self.data, splits.VALID, self.config),
-        "test": split_metrics(self.model, self.data, splits.TEST, self.config),
+        "valid": split_metrics(self.model, self.data, splits.VALID, self.config, self.encoder),
+        "test": split_metrics(self.model, self.data, splits.TEST, self.config, self.encoder),
         "most_popular_test": most_popular_metrics(self.data, splits.TEST, self.config),
         "steps": steps,
         "recoveries": int(self.state.recoveries),
