@@ -1,10 +1,13 @@
 """Exact retrieval metrics against a brute-force reference: ties, exclusions, chunking."""
 from __future__ import annotations
 
+import concurrent.futures
 import threading
+import time
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 from twotower import evaluate
 from twotower.data.itemsets import ItemSets
@@ -237,6 +240,42 @@ def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
     evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
                                ItemSets.from_lists(exclude), max_chunk_elements=2 * len(items))
   assert len(calls) < len(queries)   # the workers stopped instead of scoring every chunk
+
+
+def test_overlapping_evaluations_keep_the_blas_limit_and_restore_it(monkeypatch):
+  """Worker threads limit numpy's BLAS for the evaluation only, even when evaluations in
+  several threads overlap."""
+  monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 2)
+  monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 1)
+
+  def blas_threads():
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"]
+
+  before = blas_threads()
+  seen = []
+  original = evaluate._top_k
+
+  def spy(*args):
+    seen.append(blas_threads())
+    time.sleep(0.002)   # keep the evaluations overlapping
+    return original(*args)
+
+  monkeypatch.setattr(evaluate, "_top_k", spy)
+  queries, items, targets, exclude = random_case(seed=3)
+  want = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
+                                    ItemSets.from_lists(exclude), max_chunk_elements=4 * len(items))
+
+  def run(_):
+    return evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
+                                      ItemSets.from_lists(exclude),
+                                      max_chunk_elements=4 * len(items))
+
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    results = list(pool.map(run, range(6)))
+  assert all(r == want for r in results)
+  assert seen and all(threads == [1] * len(before) for threads in seen)   # 2 cpus / 2 workers
+  assert blas_threads() == before
 
 
 def test_progress_bar(capsys):

@@ -50,6 +50,10 @@ _MIN_BLOCKS_PER_K = 8
 _COUNT_TASK_ELEMENTS = 1 << 20
 # Fewest queries in one worker's chunk (see _worker_plan).
 _MIN_WORKER_ROWS = 32
+# One evaluation on workers at a time: each already keeps every core busy, and numpy's BLAS
+# thread limit is process-wide (threadpoolctl lets one thread at a time set it, so the
+# second of two overlapping evaluations would run unlimited once the first lifted it).
+_workers_lock = threading.Lock()
 # Items transposed at a time when the corpus is laid out.
 _TRANSPOSE_ROWS = 1 << 12
 # Most scores in one plain (unblocked) top-k step: bounds its temporaries.
@@ -336,7 +340,7 @@ def _for_each_chunk(queries: np.ndarray, corpus: _Corpus, exclude: ItemSets | No
                                      np.float32))
     return
   buffers = [np.empty((chunk, corpus.num_padded), np.float32) for _ in range(workers)]
-  with threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"):
+  with _workers_lock, threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"):
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       list(pool.map(work, buffers))   # re-raises a worker's error
 
