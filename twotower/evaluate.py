@@ -36,8 +36,8 @@ from twotower import cpus as cpus_lib
 from twotower.data.itemsets import ItemSets
 
 DEFAULT_KS = (10, 20, 50, 100)
-# Most scores held at once by default: 256 MB of float32, 67 users of a 1M-item corpus, split
-# between two workers on two cores. Fewer users per matmul re-read the corpus for less work
+# Most scores held at once by default: 256 MB of float32; for a 1M-item corpus, two workers
+# of 33 users each on two cores. Fewer users per matmul re-read the corpus for less work
 # (experiments/RESULTS.md, "Exact evaluation and input at scale").
 DEFAULT_MAX_CHUNK_ELEMENTS = 1 << 26
 
