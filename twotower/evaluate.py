@@ -351,8 +351,9 @@ def _worker_plan(rows: int, num_queries: int) -> tuple[int, int, int]:
 
   One matmul on all cores leaves them idle (or spinning) through the passes over its scores
   that follow. Splitting the rows between workers with a share of the cores each lets one
-  worker's passes overlap another's matmul: on 2 cores, 2 workers with one BLAS thread each
-  evaluate in measurably less time than one worker with two (experiments/bench_eval.py).
+  worker's passes overlap another's matmul: on 2 cores, with 2 workers of one BLAS thread
+  each, evaluation over 1M items costs 1.45x the bare products, against 1.60x with one
+  product on both cores (experiments/RESULTS.md).
   A worker's chunk stays at least ``_MIN_WORKER_ROWS`` queries, below which its matmul
   re-reads the corpus for too little arithmetic.
   """
@@ -455,7 +456,8 @@ def _score_chunk(queries, items_t, masked, k: int, block: int):
 
 
 class _UserMetrics:
-  """Every evaluated user's metric values, filled one chunk at a time.
+  """Every evaluated user's metric values, filled a chunk at a time (by the workers; a chunk
+  writes only its own users' rows).
 
   Kept per user (U x (3 |ks| + 1) floats, less than the query embeddings) and summed once at
   the end, so the result is bit-identical whatever the chunk size.
