@@ -297,7 +297,8 @@ def _for_each_chunk(queries: np.ndarray, corpus: _Corpus, exclude: ItemSets | No
   if progress:
     import tf_keras  # deferred: only for the bar
     bar = tf_keras.utils.Progbar(len(starts), unit_name="chunk")
-  pad = np.arange(corpus.num_items, corpus.num_padded, dtype=np.int64)
+  if on_tf:   # padding columns, masked with the exclusions
+    pad = np.arange(corpus.num_items, corpus.num_padded, dtype=np.int64)
   lock = threading.Lock()
   todo, done, failed = iter(starts), [0], threading.Event()
 
@@ -335,11 +336,12 @@ def _for_each_chunk(queries: np.ndarray, corpus: _Corpus, exclude: ItemSets | No
       failed.set()   # the other workers stop after their current chunk
       raise
 
+  buffers = [None] if on_tf else [
+      np.empty((min(chunk, len(queries)), corpus.num_padded), np.float32)
+      for _ in range(workers)]
   if workers == 1:
-    work(None if on_tf else np.empty((min(chunk, len(queries)), corpus.num_padded),
-                                     np.float32))
+    work(buffers[0])
     return
-  buffers = [np.empty((chunk, corpus.num_padded), np.float32) for _ in range(workers)]
   with _workers_lock, threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"):
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       list(pool.map(work, buffers))   # re-raises a worker's error
