@@ -7,9 +7,19 @@ the loss switched off in turn: the known-positive masks, logQ, the batch-mean ce
 differences are what each part costs; CBNS's extra cost over in-batch should not grow with
 the towers (the queue entries are not encoded).
 
+It also times, in the same rounds, the softmax arithmetic alone on random embeddings of the
+step's shapes, with no towers, masks or corrections: the [B, B] or [B, B + M] logits, the
+softmax cross-entropy, and the gradients to the query and in-batch candidates. Once as
+twotower writes it in TensorFlow, and once in numpy (one BLAS product each way, the softmax
+in place): the arithmetic every implementation must do, at this machine's BLAS speed. The
+numpy difference is the floor of CBNS's extra cost here: ``lowest_cbns_over_in_batch`` is the ratio CBNS would reach if nothing but that
+arithmetic were added to the in-batch step.
+
   python experiments/bench_step_parts.py --dataset=movielens-100k --batch_size=512
   python experiments/bench_step_parts.py --dataset=movielens-100k --batch_size=512 \\
       --item_layers=1024,1024
+  python experiments/bench_step_parts.py --dataset=synthetic --batch_size=256 \\
+      --synthetic_users=10000 --synthetic_items=200000 --synthetic_interactions=1000000
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
@@ -17,6 +27,7 @@ import copy
 import statistics
 import time
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl import app, flags
@@ -29,6 +40,9 @@ from twotower.data import prepare as prepare_lib
 from twotower.train import loop
 
 flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
+flags.DEFINE_integer("synthetic_users", 5000, "Synthetic users (--dataset=synthetic).")
+flags.DEFINE_integer("synthetic_items", 20000, "Synthetic corpus size.")
+flags.DEFINE_integer("synthetic_interactions", 300000, "Synthetic log size.")
 flags.DEFINE_integer("batch_size", 512, "Batch size B; the queue holds M = 8B.")
 flags.DEFINE_integer("num_batches", 60, "Materialised batches timed per round.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
@@ -64,10 +78,62 @@ def _timed_steps(data, config, batches, queue_batches, switches):
   return run
 
 
+def _bare_softmax_tf(steps, batch, queue, dim, temperature):
+  """The [B, B + M] logits, sparse softmax cross-entropy and the gradients to the query and
+  the in-batch candidates, written as ``CrossBatchSoftmax.logits`` writes them (a bias
+  column, one matmul per block), with nothing else."""
+  rng = np.random.default_rng(0)
+  unit = lambda n: tf.math.l2_normalize(rng.standard_normal((n, dim), np.float32), axis=1)
+  with_bias = lambda x: tf.concat([x, tf.zeros_like(x[:, :1])], axis=1)
+  query, candidates, queued = unit(batch), with_bias(unit(batch)), with_bias(unit(queue))
+  labels = tf.range(batch)
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      tape.watch([query, candidates])
+      q = tf.concat([query * (1.0 / temperature), -tf.ones_like(query[:, :1])], axis=1)
+      logits = tf.matmul(q, candidates, transpose_b=True)
+      if queue:
+        logits = tf.concat([logits, tf.matmul(q, queued, transpose_b=True)], axis=1)
+      loss = tf.reduce_mean(
+          tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+    return tape.gradient(loss, [query, candidates])
+
+  def run():
+    for _ in range(steps):
+      out = step()
+    out[0].numpy()
+  return run
+
+
+def _bare_softmax_numpy(steps, batch, queue, dim, temperature):
+  """The same arithmetic in numpy: one BLAS product forward, one per gradient, and the
+  softmax in place."""
+  rng = np.random.default_rng(0)
+  query = rng.standard_normal((batch, dim), np.float32) / temperature
+  keys = rng.standard_normal((batch + queue, dim), np.float32)
+  rows = np.arange(batch)
+
+  def run():
+    for _ in range(steps):
+      p = query @ keys.T
+      p -= p.max(axis=1, keepdims=True)
+      np.exp(p, out=p)
+      p /= p.sum(axis=1, keepdims=True)
+      p[rows, rows] -= 1.0          # d loss / d logits (times B)
+      p @ keys                      # to the query
+      p[:, :batch].T @ query        # to the in-batch candidates
+  return run
+
+
 def main(argv):
   del argv
   config = Config()
   config.data.dataset = FLAGS.dataset
+  config.data.synthetic_users = FLAGS.synthetic_users
+  config.data.synthetic_items = FLAGS.synthetic_items
+  config.data.synthetic_interactions = FLAGS.synthetic_interactions
   config.train.batch_size = FLAGS.batch_size
   if FLAGS.item_layers:
     config.model.item_layers = tuple(int(n) for n in FLAGS.item_layers)
@@ -77,6 +143,11 @@ def main(argv):
                                            seed=0, epoch=0).take(FLAGS.num_batches))
   variants = {name: _timed_steps(data, config, batches, queue, switches)
               for name, (queue, switches) in VARIANTS.items()}
+  for queue, suffix in ((0, "in_batch"), (8 * FLAGS.batch_size, "cbns")):
+    shape = (len(batches), FLAGS.batch_size, queue, config.model.embedding_dim,
+             config.loss.temperature)
+    variants[f"bare_tf_{suffix}"] = _bare_softmax_tf(*shape)
+    variants[f"bare_numpy_{suffix}"] = _bare_softmax_numpy(*shape)
   for run in variants.values():   # warm-up: tracing
     run()
   ms = {name: [] for name in variants}
@@ -86,6 +157,7 @@ def main(argv):
       run()
       ms[name].append((time.perf_counter() - start) / len(batches) * 1e3)
   med = {name: statistics.median(v) for name, v in ms.items()}
+  extra = lambda prefix: med[f"{prefix}_cbns"] - med[f"{prefix}_in_batch"]
   emit({
       "dataset": FLAGS.dataset, "batch_size": FLAGS.batch_size,
       "queue_size": 8 * FLAGS.batch_size, "item_layers": list(config.model.item_layers),
@@ -96,6 +168,10 @@ def main(argv):
       "ms_of_masks_with_queue": round(med["cbns"] - med["cbns_no_masks"], 1),
       "ms_of_logq_with_queue": round(med["cbns"] - med["cbns_no_logq"], 1),
       "ms_of_centering_with_queue": round(med["cbns"] - med["cbns_no_centering"], 1),
+      "bare_softmax_extra_ms": {"tensorflow": round(extra("bare_tf"), 1),
+                                "numpy": round(extra("bare_numpy"), 1)},
+      "lowest_cbns_over_in_batch": round((med["in_batch"] + extra("bare_numpy"))
+                                         / med["in_batch"], 3),
   }, FLAGS.output)
 
 

@@ -8,8 +8,12 @@
 (d) twotower in-batch encoding every row of the batch through the item tower, as TFRS does,
     instead of each distinct item once (``retrieval.encode_each_item_once``, SpeedyFeed's
     centralized encoding); the report gives the batches' distinct-item fraction.
-(b) to (d) use twotower's default optimizer (lazy_adam).
-All three use the same towers, data and batch size; rounds are interleaved so that machine
+(e) the ceiling: the same towers, each distinct item encoded once, lazy_adam, and a loss that
+    costs nothing (minus the mean dot product of each row's pair). No retrieval loss can run
+    faster than this, so ``ceiling_over_canonical`` bounds what any trainer with these
+    towers can gain over the canonical setup on this machine.
+(b) to (e) use twotower's default optimizer (lazy_adam) and the Trainer's step loop.
+All variants use the same towers, data and batch size; rounds are interleaved so that machine
 noise hits all of them alike. Prints median examples/s and the ratios.
 
   python experiments/bench_train.py --dataset=movielens-100k --batch_size=512 --rounds=3
@@ -63,22 +67,52 @@ class CanonicalTFRS(tfrs.Model):
                      compute_metrics=False)
 
 
+class FreeLoss(tfrs.Model):
+  """Towers and optimizer only: the loss is minus the mean dot product of each row's pair."""
+
+  def __init__(self, user_tower, item_tower):
+    super().__init__()
+    self.user_tower, self.item_tower = user_tower, item_tower
+
+  def compute_loss(self, features, training=False):
+    query = self.user_tower(features["user"], training=training)
+    item = retrieval.encode_each_item_once(self.item_tower, features["item"], training)
+    return -tf.reduce_mean(tf.reduce_sum(query * item, axis=1))
+
+
 def _dataset(data, config, epoch):
   return pipeline.training_dataset(data, batch_size=config.train.batch_size,
                                    history_length=config.data.history_length,
                                    seed=0, epoch=epoch)
 
 
-def _canonical(data, config):
+def _plain_model(model_class, optimizer, data, config):
+  """Fresh towers in ``model_class`` (canonical or free loss), compiled."""
   tf_keras.utils.set_random_seed(0)
   item = ItemTower(len(data.item_vocab), data.item_features.specs, config.model)
   user = UserTower(len(data.user_vocab), data.user_features.specs, config.model,
                    item.id_embedding)
-  model = CanonicalTFRS(user, item)
-  model.compile(optimizer=make_optimizer(FLAGS.canonical_optimizer, config.train.learning_rate))
+  model = model_class(user, item)
+  model.compile(optimizer=make_optimizer(optimizer, config.train.learning_rate))
+  return model
+
+
+def _canonical(data, config):
+  model = _plain_model(CanonicalTFRS, FLAGS.canonical_optimizer, data, config)
 
   def epoch(e):
     model.fit(_dataset(data, config, e), epochs=1, verbose=0)
+  return epoch
+
+
+def _step_loop(model, data, config):
+  """One epoch per call: the compiled train_step on every batch, as the Trainer runs it."""
+  step = tf.function(model.train_step, reduce_retracing=True)
+
+  def epoch(e):
+    for batch in _dataset(data, config, e):
+      out = step(batch)
+    float(out["loss"])
   return epoch
 
 
@@ -91,12 +125,7 @@ def _twotower(data, config, queue_size, every_row=False):
   config.loss.queue_warmup_steps = 0
   tf_keras.utils.set_random_seed(0)
   model, _ = loop.build_model(data, config)
-  step = tf.function(model.train_step, reduce_retracing=True)
-
-  def epoch(e):
-    for batch in _dataset(data, config, e):
-      out = step(batch)
-    float(out["loss"])
+  epoch = _step_loop(model, data, config)
 
   def warm_up_epoch_every_row(e):
     # The step is traced in the warm-up epoch (e = 0; full and last partial batch), so
@@ -129,6 +158,8 @@ def main(argv):
                                     8 * FLAGS.batch_size),
       "twotower_in_batch_every_row": _twotower(
           data, copy.deepcopy(config), 0, every_row=True),
+      "ceiling_free_loss": _step_loop(
+          _plain_model(FreeLoss, config.train.optimizer, data, config), data, config),
   }
   for fn in variants.values():      # warm-up: tracing and first-epoch allocation
     fn(0)
@@ -146,6 +177,7 @@ def main(argv):
       "median_examples_per_second": {k: round(v) for k, v in med.items()},
       "twotower_in_batch_over_canonical": round(
           med["twotower_in_batch"] / med["canonical_tfrs"], 3),
+      "ceiling_over_canonical": round(med["ceiling_free_loss"] / med["canonical_tfrs"], 3),
       "cbns_step_time_over_in_batch": round(med["twotower_in_batch"] / med["twotower_cbns_8B"], 3),
       "item_layers": list(config.model.item_layers),
       "distinct_item_fraction": round(float(np.mean(distinct)), 3),
