@@ -1,5 +1,6 @@
 """End-to-end retrieval training on small data: quality, resume, divergence recovery."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
+from twotower.model.encoding import Encoder
 from twotower.train import loop
 from twotower.train.stability import DivergenceError
 
@@ -107,6 +109,30 @@ def test_every_epoch_evaluates_with_one_traced_encoder(synthetic_data, tmp_path)
   # At most a full and a last partial batch each, however many epochs were validated.
   assert 1 <= trainer.encoder._items.experimental_get_tracing_count() <= 2
   assert 1 <= trainer.encoder._users.experimental_get_tracing_count() <= 2
+
+
+def test_encoders_of_several_loaded_models_log_no_retracing_warning(synthetic_data):
+  """A pipeline process loads the model once per stage (training, ranking, index, export),
+  each with its own Encoder; TensorFlow must not call that excessive retracing."""
+  warnings = []
+
+  class Collect(logging.Handler):
+    def emit(self, record):
+      warnings.append(record.getMessage())
+
+  handler, config = Collect(), small_config()
+  logging.getLogger("tensorflow").addHandler(handler)
+  try:
+    for _ in range(5):
+      model, _ = loop.build_model(synthetic_data, config)
+      encoder = Encoder(model, synthetic_data)
+      encoder.items()
+      for users in (3, 50):
+        encoder.users(np.arange(1, users + 1, dtype=np.int32),
+                      np.zeros((users, config.data.history_length), np.int32))
+  finally:
+    logging.getLogger("tensorflow").removeHandler(handler)
+  assert not [w for w in warnings if "retracing" in w]
 
 
 def test_divergence_guard_recovers_from_nan_and_spike(clean_run, synthetic_data, tmp_path):

@@ -1,11 +1,21 @@
 """Batched encoding of the item corpus and of user queries with trained towers."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
 from twotower.data.pipeline import FeatureGather
 from twotower.data.prepare import PreparedData
+
+
+def _encode_items(model, gather: FeatureGather, ids):
+  return model.item_tower(gather.item(ids), training=False)
+
+
+def _encode_users(model, gather: FeatureGather, ids, history):
+  return model.user_tower(gather.user(ids, history), training=False)
 
 
 class Encoder:
@@ -15,11 +25,14 @@ class Encoder:
     self._data = data
     self._batch_size = batch_size
     gather = FeatureGather(data)
-    self._items = tf.function(lambda ids: model.item_tower(gather.item(ids), training=False),
+    # functools.partial, not a lambda: TensorFlow counts traces per code object, so every
+    # Encoder's lambda (one per loaded model: training, ranking, index, export in one
+    # pipeline process) would add to one count and log a spurious "excessive retracing"
+    # warning. A partial is its own key.
+    self._items = tf.function(functools.partial(_encode_items, model, gather),
                               reduce_retracing=True)
-    self._users = tf.function(
-        lambda ids, history: model.user_tower(gather.user(ids, history), training=False),
-        reduce_retracing=True)
+    self._users = tf.function(functools.partial(_encode_users, model, gather),
+                              reduce_retracing=True)
 
   def items(self, item_ids: np.ndarray | None = None) -> np.ndarray:
     """Embeddings [N, D] of the given item ids (default: the whole corpus, in corpus order)."""
