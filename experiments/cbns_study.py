@@ -43,6 +43,9 @@ flags.DEFINE_string("mixed_distribution", "uniform", "Corpus sampling of mixed n
 flags.DEFINE_integer("synthetic_users", 5000, "Synthetic dataset size.")
 flags.DEFINE_integer("synthetic_items", 2000, "Synthetic dataset size.")
 flags.DEFINE_integer("synthetic_interactions", 100_000, "Synthetic dataset size.")
+flags.DEFINE_integer("synthetic_clusters", 20, "Synthetic topics (more: harder negatives).")
+flags.DEFINE_float("synthetic_affinity_temperature", 0.2,
+                   "Synthetic preference temperature (smaller: more peaked).")
 flags.DEFINE_integer("seed", 0, "Seed shared by every run.")
 flags.DEFINE_float("learning_rate", None, "Learning rate of every run (default: Config's).")
 flags.DEFINE_string("output", None, "Also write the JSON report here.")
@@ -85,7 +88,9 @@ def _config() -> Config:
   config.data = dataclasses.replace(
       config.data, dataset=FLAGS.dataset, synthetic_users=FLAGS.synthetic_users,
       synthetic_items=FLAGS.synthetic_items,
-      synthetic_interactions=FLAGS.synthetic_interactions)
+      synthetic_interactions=FLAGS.synthetic_interactions,
+      synthetic_clusters=FLAGS.synthetic_clusters,
+      synthetic_affinity_temperature=FLAGS.synthetic_affinity_temperature)
   return config
 
 

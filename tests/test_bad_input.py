@@ -303,6 +303,8 @@ BAD_FLAGS = [
     ("data", "valid_fraction", 0.95, r"--valid_fraction \+ --test_fraction"),
     ("data", "max_tokens", 0, "--max_tokens"),
     ("data", "num_oov_buckets", 0, "--num_oov_buckets"),
+    ("data", "synthetic_clusters", 0, "--synthetic_clusters"),
+    ("data", "synthetic_affinity_temperature", 0.0, "--synthetic_affinity_temperature"),
     ("model", "embedding_dim", 0, "--embedding_dim"),
     ("model", "id_embedding_dim", -1, "--id_embedding_dim"),
     ("model", "feature_embedding_dim", 0, "--feature_embedding_dim"),

@@ -28,6 +28,8 @@ class DataConfig:
   synthetic_items: int = 2000
   synthetic_interactions: int = 100_000
   synthetic_nonlinear_weight: float = 0.0
+  synthetic_clusters: int = 20                # topics; more means harder negatives
+  synthetic_affinity_temperature: float = 0.2  # smaller means more peaked preferences
   cache_dir: Optional[str] = None
 
 

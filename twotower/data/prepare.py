@@ -87,7 +87,9 @@ def load_raw(config: DataConfig) -> types.RawDataset:
     return synthetic.generate(synthetic.SyntheticConfig(
         num_users=config.synthetic_users, num_items=config.synthetic_items,
         num_interactions=config.synthetic_interactions,
-        nonlinear_weight=config.synthetic_nonlinear_weight)).dataset
+        nonlinear_weight=config.synthetic_nonlinear_weight,
+        num_clusters=config.synthetic_clusters,
+        affinity_temperature=config.synthetic_affinity_temperature)).dataset
   raise ValueError(f"--dataset must be 'movielens-100k' or 'synthetic' (or pass "
                    f"--interactions), got {config.dataset!r}")
 

@@ -109,6 +109,11 @@ def validate_config(config: Config) -> None:
        f"--valid_fraction + --test_fraction must be < 1, got "
        f"{d.valid_fraction} + {d.test_fraction}"),
       (d.max_tokens > 0, f"--max_tokens must be positive, got {d.max_tokens}"),
+      (d.synthetic_clusters >= 1,
+       f"--synthetic_clusters must be positive, got {d.synthetic_clusters}"),
+      (d.synthetic_affinity_temperature > 0,
+       f"--synthetic_affinity_temperature must be positive, got "
+       f"{d.synthetic_affinity_temperature}"),
       (d.num_oov_buckets >= 1, f"--num_oov_buckets must be >= 1, got {d.num_oov_buckets}"),
       (m.embedding_dim > 0, f"--embedding_dim must be positive, got {m.embedding_dim}"),
       (m.id_embedding_dim > 0, f"--id_embedding_dim must be positive, got {m.id_embedding_dim}"),
