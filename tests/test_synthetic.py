@@ -224,3 +224,27 @@ def test_rejects_impossible_configs():
     synthetic.generate(synthetic.SyntheticConfig(num_users=100, num_interactions=250))
   with pytest.raises(ValueError, match="temperature"):
     synthetic.generate(synthetic.SyntheticConfig(affinity_temperature=0.0))
+
+
+def test_topic_count_and_temperature_flags_reach_the_generator():
+  """--synthetic_clusters sets the planted topics (each item's category is one of them) and
+  --synthetic_affinity_temperature how peaked users are: colder users concentrate their
+  events on fewer topics."""
+  from twotower.config import DataConfig
+  from twotower.data import prepare
+
+  def load(**knobs):
+    return prepare.load_raw(DataConfig(dataset="synthetic", synthetic_users=300,
+                                       synthetic_items=400, synthetic_interactions=6000,
+                                       **knobs))
+  assert set(load(synthetic_clusters=3).item_features.columns["category"]) == {"c0", "c1", "c2"}
+
+  def topics_per_user(raw):
+    category = dict(zip(raw.item_features.columns["item_id"],
+                        raw.item_features.columns["category"]))
+    users = {}
+    for user, item in zip(raw.interactions.user_id, raw.interactions.item_id):
+      users.setdefault(user, set()).add(category[item])
+    return np.mean([len(c) for c in users.values()])
+  assert (topics_per_user(load(synthetic_affinity_temperature=0.05))
+          < topics_per_user(load(synthetic_affinity_temperature=1.0)))
