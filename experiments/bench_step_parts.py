@@ -12,8 +12,8 @@ step's shapes, with no towers, masks or corrections: the [B, B] or [B, B + M] lo
 softmax cross-entropy, and the gradients to the query and in-batch candidates. Once as
 twotower writes it in TensorFlow, and once in numpy (one BLAS product each way, the softmax
 in place): the arithmetic every implementation must do, at this machine's BLAS speed. The
-numpy difference is the floor of CBNS's extra cost here: ``lowest_cbns_over_in_batch`` is the ratio CBNS would reach if nothing but that
-arithmetic were added to the in-batch step.
+numpy difference is the floor of CBNS's extra cost here: ``lowest_cbns_over_in_batch`` is
+the ratio CBNS would reach if nothing but that arithmetic were added to the in-batch step.
 
   python experiments/bench_step_parts.py --dataset=movielens-100k --batch_size=512
   python experiments/bench_step_parts.py --dataset=movielens-100k --batch_size=512 \\
@@ -23,30 +23,21 @@ arithmetic were added to the in-batch step.
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
-import copy
 import statistics
 import time
 
 import numpy as np
 import tensorflow as tf
-import tf_keras
 from absl import app, flags
 
 from report import emit
+from train_setup import config_from_flags, twotower_model
 
-from twotower.config import Config
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
-from twotower.train import loop
 
-flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
-flags.DEFINE_integer("synthetic_users", 5000, "Synthetic users (--dataset=synthetic).")
-flags.DEFINE_integer("synthetic_items", 20000, "Synthetic corpus size.")
-flags.DEFINE_integer("synthetic_interactions", 300000, "Synthetic log size.")
-flags.DEFINE_integer("batch_size", 512, "Batch size B; the queue holds M = 8B.")
 flags.DEFINE_integer("num_batches", 60, "Materialised batches timed per round.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
-flags.DEFINE_list("item_layers", None, "Item tower hidden layer sizes (default: the config's).")
 flags.DEFINE_string("output", None, "Also write the JSON report here.")
 FLAGS = flags.FLAGS
 
@@ -62,13 +53,7 @@ VARIANTS = {
 
 
 def _timed_steps(data, config, batches, queue_batches, switches):
-  config = copy.deepcopy(config)
-  config.loss.queue_size = queue_batches * config.train.batch_size
-  config.loss.queue_warmup_steps = 0
-  for name, value in switches.items():
-    setattr(config.loss, name, value)
-  tf_keras.utils.set_random_seed(0)
-  model, _ = loop.build_model(data, config)
+  model = twotower_model(data, config, queue_batches * config.train.batch_size, **switches)
   step = tf.function(model.train_step, reduce_retracing=True)
 
   def run():
@@ -129,14 +114,7 @@ def _bare_softmax_numpy(steps, batch, queue, dim, temperature):
 
 def main(argv):
   del argv
-  config = Config()
-  config.data.dataset = FLAGS.dataset
-  config.data.synthetic_users = FLAGS.synthetic_users
-  config.data.synthetic_items = FLAGS.synthetic_items
-  config.data.synthetic_interactions = FLAGS.synthetic_interactions
-  config.train.batch_size = FLAGS.batch_size
-  if FLAGS.item_layers:
-    config.model.item_layers = tuple(int(n) for n in FLAGS.item_layers)
+  config = config_from_flags()
   data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
   batches = list(pipeline.training_dataset(data, batch_size=FLAGS.batch_size,
                                            history_length=config.data.history_length,

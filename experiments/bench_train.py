@@ -22,7 +22,6 @@ noise hits all of them alike. Prints median examples/s and the ratios.
 """
 import twotower  # noqa: F401
 
-import copy
 import json
 import statistics
 import time
@@ -34,22 +33,16 @@ import tensorflow_recommenders as tfrs
 import tf_keras
 from absl import app, flags
 
-from twotower.config import Config
+from train_setup import config_from_flags, twotower_model
+
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.model import retrieval
 from twotower.model.towers import ItemTower, UserTower
-from twotower.train import loop
 from twotower.train.optimizers import make_optimizer
 
-flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
-flags.DEFINE_integer("batch_size", 512, "Batch size for all variants.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds (one epoch each).")
-flags.DEFINE_integer("synthetic_users", 5000, "Synthetic users.")
-flags.DEFINE_integer("synthetic_items", 20000, "Synthetic corpus size.")
-flags.DEFINE_integer("synthetic_interactions", 300000, "Synthetic log size.")
 flags.DEFINE_string("canonical_optimizer", "adagrad", "Optimizer of the canonical setup.")
-flags.DEFINE_list("item_layers", None, "Item tower hidden layer sizes (default: the config's).")
 FLAGS = flags.FLAGS
 
 
@@ -121,11 +114,7 @@ def _encode_every_row(item_tower, features, training):
 
 
 def _twotower(data, config, queue_size, every_row=False):
-  config.loss.queue_size = queue_size
-  config.loss.queue_warmup_steps = 0
-  tf_keras.utils.set_random_seed(0)
-  model, _ = loop.build_model(data, config)
-  epoch = _step_loop(model, data, config)
+  epoch = _step_loop(twotower_model(data, config, queue_size), data, config)
 
   def warm_up_epoch_every_row(e):
     # The step is traced in the warm-up epoch (e = 0; full and last partial batch), so
@@ -139,25 +128,16 @@ def _twotower(data, config, queue_size, every_row=False):
 
 def main(argv):
   del argv
-  config = Config()
-  config.data.dataset = FLAGS.dataset
-  config.data.synthetic_users = FLAGS.synthetic_users
-  config.data.synthetic_items = FLAGS.synthetic_items
-  config.data.synthetic_interactions = FLAGS.synthetic_interactions
-  config.train.batch_size = FLAGS.batch_size
-  if FLAGS.item_layers:
-    config.model.item_layers = tuple(int(n) for n in FLAGS.item_layers)
+  config = config_from_flags()
   data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
   examples = int((data.events.split == 0).sum())
   distinct = [len(np.unique(b["item"]["item_id"].numpy())) / len(b["item"]["item_id"])
               for b in _dataset(data, config, 0)]
   variants = {
-      "canonical_tfrs": _canonical(data, copy.deepcopy(config)),
-      "twotower_in_batch": _twotower(data, copy.deepcopy(config), 0),
-      "twotower_cbns_8B": _twotower(data, copy.deepcopy(config),
-                                    8 * FLAGS.batch_size),
-      "twotower_in_batch_every_row": _twotower(
-          data, copy.deepcopy(config), 0, every_row=True),
+      "canonical_tfrs": _canonical(data, config),
+      "twotower_in_batch": _twotower(data, config, 0),
+      "twotower_cbns_8B": _twotower(data, config, 8 * FLAGS.batch_size),
+      "twotower_in_batch_every_row": _twotower(data, config, 0, every_row=True),
       "ceiling_free_loss": _step_loop(
           _plain_model(FreeLoss, config.train.optimizer, data, config), data, config),
   }

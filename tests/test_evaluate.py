@@ -263,14 +263,13 @@ def test_overlapping_evaluations_keep_the_blas_limit_and_restore_it(monkeypatch)
 
   monkeypatch.setattr(evaluate, "_top_k", spy)
   queries, items, targets, exclude = random_case(seed=3)
-  want = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
-                                    ItemSets.from_lists(exclude), max_chunk_elements=4 * len(items))
 
   def run(_):
     return evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
                                       ItemSets.from_lists(exclude),
                                       max_chunk_elements=4 * len(items))
 
+  want = run(None)
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     results = list(pool.map(run, range(6)))
   assert all(r == want for r in results)
