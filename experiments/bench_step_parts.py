@@ -2,14 +2,16 @@
 
 Whole-epoch rounds (bench_train.py) include the input pipeline, which shares the cores with
 the step and makes ratios swing between runs. This times ``train_step`` alone over the same
-materialised batches, interleaved rounds, for in-batch and CBNS (M = 8B) with each part of
-the loss switched off in turn: the known-positive masks, logQ, the batch-mean centering. The
-differences are what each part costs; CBNS's extra cost over in-batch should not grow with
-the towers (the queue entries are not encoded).
+materialised batches, interleaved rounds, for in-batch and CBNS (M = 8B, with its query
+memory of M rows, the default) with each part of the loss switched off in turn: the query
+memory, the known-positive masks, logQ, the batch-mean centering. The differences are what
+each part costs; CBNS's extra cost over in-batch should not grow with the towers (neither
+the queue entries nor the remembered queries are encoded).
 
 It also times, in the same rounds, the softmax arithmetic alone on random embeddings of the
 step's shapes, with no towers, masks or corrections: the [B, B] or [B, B + M] logits, the
-softmax cross-entropy, and the gradients to the query and in-batch candidates. Once as
+softmax cross-entropy, the gradients to the query and in-batch candidates, and for CBNS the
+query memory's [M, B] logits, their log-sum-exp and gradient to the candidates. Once as
 twotower writes it in TensorFlow, and once in numpy (one BLAS product each way, the softmax
 in place): the arithmetic every implementation must do, at this machine's BLAS speed. The
 numpy difference is the floor of CBNS's extra cost here: ``lowest_cbns_over_in_batch`` is
@@ -46,6 +48,7 @@ VARIANTS = {
     "in_batch": (0, {}),
     "in_batch_no_masks": (0, {"mask_history": False, "mask_accidental_hits": False}),
     "cbns": (8, {}),
+    "cbns_no_memory": (8, {"query_memory_size": 0}),
     "cbns_no_masks": (8, {"mask_history": False, "mask_accidental_hits": False}),
     "cbns_no_logq": (8, {"logq": False}),
     "cbns_no_centering": (8, {"queue_centering": False}),
@@ -66,11 +69,13 @@ def _timed_steps(data, config, batches, queue_batches, switches):
 def _bare_softmax_tf(steps, batch, queue, dim, temperature):
   """The [B, B + M] logits, sparse softmax cross-entropy and the gradients to the query and
   the in-batch candidates, written as ``CrossBatchSoftmax.logits`` writes them (a bias
-  column, one matmul per block), with nothing else."""
+  column, one matmul per block), and with a queue the query memory's [M, B] log-sum-exp
+  (``CrossBatchSoftmax.memory_loss``), with nothing else."""
   rng = np.random.default_rng(0)
   unit = lambda n: tf.math.l2_normalize(rng.standard_normal((n, dim), np.float32), axis=1)
   with_bias = lambda x: tf.concat([x, tf.zeros_like(x[:, :1])], axis=1)
   query, candidates, queued = unit(batch), with_bias(unit(batch)), with_bias(unit(queue))
+  remembered = unit(queue) * (1.0 / temperature)
   labels = tf.range(batch)
 
   @tf.function
@@ -83,6 +88,9 @@ def _bare_softmax_tf(steps, batch, queue, dim, temperature):
         logits = tf.concat([logits, tf.matmul(q, queued, transpose_b=True)], axis=1)
       loss = tf.reduce_mean(
           tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+      if queue:
+        loss += tf.reduce_sum(tf.reduce_logsumexp(
+            tf.matmul(remembered, candidates[:, :-1], transpose_b=True), axis=1)) / batch
     return tape.gradient(loss, [query, candidates])
 
   def run():
@@ -94,21 +102,29 @@ def _bare_softmax_tf(steps, batch, queue, dim, temperature):
 
 def _bare_softmax_numpy(steps, batch, queue, dim, temperature):
   """The same arithmetic in numpy: one BLAS product forward, one per gradient, and the
-  softmax in place."""
+  softmaxes in place."""
   rng = np.random.default_rng(0)
   query = rng.standard_normal((batch, dim), np.float32) / temperature
   keys = rng.standard_normal((batch + queue, dim), np.float32)
+  remembered = rng.standard_normal((queue, dim), np.float32) / temperature
   rows = np.arange(batch)
+
+  def softmax_in_place(p):
+    p -= p.max(axis=1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)
 
   def run():
     for _ in range(steps):
       p = query @ keys.T
-      p -= p.max(axis=1, keepdims=True)
-      np.exp(p, out=p)
-      p /= p.sum(axis=1, keepdims=True)
+      softmax_in_place(p)
       p[rows, rows] -= 1.0          # d loss / d logits (times B)
       p @ keys                      # to the query
       p[:, :batch].T @ query        # to the in-batch candidates
+      if queue:                     # the query memory: its softmax over the batch, to the
+        p = remembered @ keys[:batch].T                          # candidates
+        softmax_in_place(p)
+        p.T @ remembered
   return run
 
 
@@ -143,6 +159,8 @@ def main(argv):
       "median_ms_per_step": {k: round(v, 1) for k, v in med.items()},
       "cbns_extra_ms": round(med["cbns"] - med["in_batch"], 1),
       "cbns_over_in_batch": round(med["cbns"] / med["in_batch"], 3),
+      "ms_of_query_memory": round(med["cbns"] - med["cbns_no_memory"], 1),
+      "cbns_no_memory_over_in_batch": round(med["cbns_no_memory"] / med["in_batch"], 3),
       "ms_of_masks_with_queue": round(med["cbns"] - med["cbns_no_masks"], 1),
       "ms_of_logq_with_queue": round(med["cbns"] - med["cbns_no_logq"], 1),
       "ms_of_centering_with_queue": round(med["cbns"] - med["cbns_no_centering"], 1),

@@ -3,9 +3,11 @@
 Each variant is a full twotower-train run on the same prepared data and seed, reported on the
 test split with the exact protocol: early stopping on validation Recall@20, or, with
 ``--step_limit``, a fixed number of steps (equal steps). Variants are
-``B:M[:logq[:B']][@steps]`` strings: B the batch size, M the queue size (0 = in-batch only),
-logq ``on`` (default) or ``off``, B' mixed negatives per step (default 0), and an optional
-step limit of this variant's own (e.g. the in-batch run given the wall time of a CBNS run).
+``B:M[:logq[:B']][@steps][+field=value...]`` strings: B the batch size, M the queue size
+(0 = in-batch only), logq ``on`` (default) or ``off``, B' mixed negatives per step (default
+0), an optional step limit of this variant's own (e.g. the in-batch run given the wall time
+of a CBNS run), and any loss or train config field set for this variant alone
+(``256:2048+queue_decoupled=true``, ``256:0+learning_rate=0.001``).
 Wall-clock figures share one machine and process, run one after the other, so compare them
 within a run only; peak memory is the process's resident high-water mark during the run.
 
@@ -36,7 +38,7 @@ import peak_memory
 
 flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
 flags.DEFINE_list("variants", ["512:0", "512:512", "512:2048", "512:0:off", "512:2048:off"],
-                  "B:M[:logq[:B']][@steps] per run.")
+                  "B:M[:logq[:B']][@steps][+field=value...] per run.")
 flags.DEFINE_integer("epochs", 30, "Epoch cap (early stopping usually ends runs sooner).")
 flags.DEFINE_integer("step_limit", 0, "Steps per run (0: early stopping ends runs).")
 flags.DEFINE_string("mixed_distribution", "uniform", "Corpus sampling of mixed negatives.")
@@ -63,24 +65,43 @@ class Variant:
   logq: bool = True
   mixed_negatives: int = 0
   step_limit: int = 0           # 0: --step_limit
+  overrides: dict = dataclasses.field(default_factory=dict)   # "loss.field" / "train.field"
 
   @property
   def label(self) -> str:
     text = f"B={self.batch_size} M={self.queue_size} logQ={'on' if self.logq else 'off'}"
-    return text + (f" B'={self.mixed_negatives}" if self.mixed_negatives else "")
+    text += f" B'={self.mixed_negatives}" if self.mixed_negatives else ""
+    return text + "".join(f" {k.split('.')[1]}={v}" for k, v in self.overrides.items())
+
+
+def _override(text: str) -> tuple:
+  """("section.field", value) of a ``field=value`` variant suffix, typed by the field."""
+  name, _, value = text.partition("=")
+  for section in ("loss", "train"):
+    default = getattr(getattr(Config(), section), name, None)
+    if default is not None and not isinstance(default, (tuple, list)):
+      if isinstance(default, bool):
+        if value not in ("true", "false"):
+          raise ValueError
+        return f"{section}.{name}", value == "true"
+      return f"{section}.{name}", type(default)(value)
+  raise ValueError
 
 
 def parse_variant(text: str) -> Variant:
+  text, *extra = text.split("+")
   spec, _, steps = text.partition("@")
   parts = spec.split(":")
   try:
     if len(parts) not in (2, 3, 4) or (len(parts) > 2 and parts[2] not in ("on", "off")):
       raise ValueError
     return Variant(int(parts[0]), int(parts[1]), len(parts) == 2 or parts[2] == "on",
-                   int(parts[3]) if len(parts) == 4 else 0, int(steps) if steps else 0)
+                   int(parts[3]) if len(parts) == 4 else 0, int(steps) if steps else 0,
+                   dict(map(_override, extra)))
   except ValueError:
     raise flags.ValidationError(
-        f"--variants entries are B:M[:on|off[:B']][@steps], got {text!r}") from None
+        f"--variants entries are B:M[:on|off[:B']][@steps][+field=value...] with loss or "
+        f"train config fields, got {'+'.join([text] + extra)!r}") from None
 
 
 def _config() -> Config:
@@ -104,6 +125,9 @@ def run_variant(data, v: Variant) -> dict:
                                     mixed_negatives_distribution=FLAGS.mixed_distribution)
   if FLAGS.learning_rate is not None:
     config.train.learning_rate = FLAGS.learning_rate
+  for key, value in v.overrides.items():
+    section, name = key.split(".")
+    setattr(getattr(config, section), name, value)
   peak_memory.reset_peak_rss()
   before = peak_memory.status_bytes("VmRSS")
   with tempfile.TemporaryDirectory() as workdir:

@@ -43,6 +43,7 @@ def _data(config):
 def _config(frequency):
   config = Config()
   config.loss.queue_size = 64           # wraps around within STEPS steps
+  config.loss.query_memory_size = 64    # and so does the query memory
   config.loss.queue_warmup_steps = 0
   config.loss.frequency = frequency
   config.loss.mixed_negatives = 8        # identical on every replica, not gathered
@@ -139,19 +140,24 @@ def run_check(strategy, frequency):
                               for g_m, g_s in zip(reduced[1:], grads_s)))
     single_step(batch)
     multi_step(dist)
-    q_s = [t.numpy() for t in single.task.queue.ordered()]
-    q_m = [t.numpy() for t in multi.task.queue.ordered()]
-    report["queue"].append(_queue_diff(q_s, q_m))
+    values = {"loss": reduced[0], "grads": np.concatenate([g.ravel() for g in reduced[1:]])}
+    replicated = list(multi.frequency.variables)
+    diffs = []
+    for name in ("queue", "query_memory"):    # the item queue and the query memory
+      q_s = [t.numpy() for t in getattr(single.task, name).ordered()]
+      q_m = [t.numpy() for t in getattr(multi.task, name).ordered()]
+      diffs.append(_queue_diff(q_s, q_m))
+      memory = getattr(multi.task, name)
+      replicated += [memory.embeddings, memory.ids, memory.log_q, memory.count]
+      values.update({f"{name}_embeddings": q_m[0], f"{name}_ids": q_m[1],
+                     f"{name}_log_q": q_m[2]})
+    report["queue"].append(max(diffs))
     report["frequency"].append(max(
         [_max_diff(v_m, v_s) for v_m, v_s in zip(multi.frequency.variables,
                                                  single.frequency.variables)], default=0.0))
-    queue = multi.task.queue
     report["replicas_agree"].append(all(
         all(np.array_equal(copies[0].numpy(), c.numpy()) for c in copies)
-        for copies in map(local, [queue.embeddings, queue.ids, queue.log_q, queue.count,
-                                  *multi.frequency.variables])))
-    values = {"loss": reduced[0], "grads": np.concatenate([g.ravel() for g in reduced[1:]]),
-              "queue_embeddings": q_m[0], "queue_ids": q_m[1], "queue_log_q": q_m[2]}
+        for copies in map(local, replicated)))
     values.update({f"frequency_{i}": v.numpy() for i, v in enumerate(multi.frequency.variables)})
     state.update({f"{key}_step{step}": value for key, value in values.items()})
   return report, state

@@ -296,6 +296,7 @@ BAD_FLAGS = [
     ("loss", "queue_size", -2, "--queue_size"),
     ("loss", "queue_size", 100, "--queue_size .* must be at least --batch_size"),
     ("loss", "queue_warmup_steps", -1, "--queue_warmup_steps"),
+    ("loss", "query_memory_size", -2, "--query_memory_size"),
     ("loss", "frequency", "dynamic", "--frequency"),
     ("data", "history_length", 0, "--history_length"),
     ("data", "valid_fraction", -0.1, "--valid_fraction"),
@@ -353,6 +354,15 @@ def test_queue_equal_to_batch_and_auto_or_off_are_valid(loop):
   for queue_size in (-1, 0, config.train.batch_size):
     config.loss.queue_size = queue_size
     loop.validate_config(config)
+
+
+def test_query_memory_without_the_item_queue_is_refused(loop):
+  config = Config()
+  config.loss.queue_size, config.loss.query_memory_size = 0, 512
+  with pytest.raises(ValueError, match="--query_memory_size needs the item queue"):
+    loop.validate_config(config)
+  config.loss.query_memory_size = -1     # auto: none without a queue
+  loop.validate_config(config)
 
 
 def test_flags_are_checked_before_any_data_is_read(loop, tmp_path):

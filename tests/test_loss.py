@@ -6,7 +6,7 @@ import tensorflow as tf
 from twotower.config import LossConfig
 from twotower.model.negatives import EMPTY_ID, CrossBatchQueue
 from twotower.model.retrieval import (MASKED_LOGIT, CrossBatchSoftmax, membership_mask,
-                                      resolve_queue_size)
+                                      resolve_query_memory_size, resolve_queue_size)
 
 
 def _unit(rng, n, d):
@@ -101,6 +101,70 @@ def test_loss_matches_reference_with_logq_hits_history_and_warmup(step, use_queu
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_decoupled_queue_trains_the_user_tower_only():
+  """The query gets the full (in-batch + queue) softmax's gradient; the candidates get the
+  in-batch softmax's, exactly as without a queue."""
+  rng = np.random.default_rng(5)
+  b, m, d = 5, 7, 3
+  query, cand = tf.constant(_unit(rng, b, d)), tf.constant(_unit(rng, b, d))
+  ids, log_q = tf.constant([1, 2, 3, 2, 5]), tf.constant(rng.normal(size=b).astype(np.float32))
+  history = tf.constant([[0, 9], [0, 0], [6, 3], [0, 1], [0, 0]])
+
+  def gradients(loss_config, queue):
+    task = CrossBatchSoftmax(loss_config, queue)
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch([query, cand])
+      loss = task(query, cand, ids, log_q, history=history, step=tf.constant(9, tf.int64))
+    return loss.numpy(), tape.gradient(loss, query).numpy(), tape.gradient(loss, cand).numpy()
+
+  queue = CrossBatchQueue(m, d)
+  queue.enqueue(tf.constant(_unit(rng, m, d)), tf.constant([3, 9, 8, 7, 6, 5, 4]),
+                tf.constant(rng.normal(size=m).astype(np.float32)))
+  joint = gradients(LossConfig(queue_warmup_steps=0), queue)
+  in_batch = gradients(LossConfig(), None)
+  decoupled = gradients(LossConfig(queue_warmup_steps=0, queue_decoupled=True), queue)
+  np.testing.assert_allclose(decoupled[0], joint[0] + in_batch[0], rtol=1e-5)
+  np.testing.assert_allclose(decoupled[1], joint[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(decoupled[2], in_batch[2], rtol=1e-5, atol=1e-6)
+  assert np.abs(joint[2] - in_batch[2]).max() > 1e-3     # the queue does change the joint one
+
+
+def test_query_memory_adds_the_batch_to_remembered_softmaxes():
+  """Loss = in-batch mean + sum over remembered queries of log(1 + sum_c exp(l_uc) / Z_u) / B,
+  with a remembered query's own positive never its negative, empty slots and the warm-up
+  ignored; only the candidates get its gradient."""
+  rng = np.random.default_rng(6)
+  b, m, d, temperature = 4, 5, 3, 0.3
+  query, cand = _unit(rng, b, d), _unit(rng, b, d)
+  ids, log_q = np.array([1, 2, 3, 4]), rng.normal(size=b).astype(np.float32)
+  memory = CrossBatchQueue(m, d, name="query_memory")
+  mem_q, mem_ids = _unit(rng, m - 1, d), np.array([2, 7, 3, 9])     # one slot stays empty
+  mem_z = rng.normal(size=m - 1).astype(np.float32)
+  memory.enqueue(tf.constant(mem_q), tf.constant(mem_ids), tf.constant(mem_z))
+  config = LossConfig(temperature=temperature, queue_warmup_steps=3)
+  task = CrossBatchSoftmax(config, query_memory=memory)
+  plain = CrossBatchSoftmax(config)
+  args = (tf.constant(query), tf.constant(cand), tf.constant(ids), tf.constant(log_q))
+  extra = 0.0
+  for u in range(m - 1):
+    logits = mem_q[u] @ cand.T / temperature - log_q
+    logits = logits[ids != mem_ids[u]]
+    extra += np.logaddexp(mem_z[u], np.log(np.exp(logits).sum())) - mem_z[u]
+  want = plain(*args).numpy() + extra / b
+  got = task(*args, step=tf.constant(3, tf.int64)).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(task(*args, step=tf.constant(2, tf.int64)).numpy(),
+                             plain(*args).numpy(), rtol=1e-6)        # still warming up
+  query_t, cand_t = args[:2]
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([query_t, cand_t])
+    with_memory, without = task(*args, step=tf.constant(3, tf.int64)), plain(*args)
+  np.testing.assert_allclose(tape.gradient(with_memory, query_t).numpy(),
+                             tape.gradient(without, query_t).numpy(), rtol=1e-5, atol=1e-6)
+  assert np.abs(tape.gradient(with_memory, cand_t).numpy()
+                - tape.gradient(without, cand_t).numpy()).max() > 1e-3
+
+
 def test_logq_off_ignores_probabilities():
   rng = np.random.default_rng(2)
   query, cand = _unit(rng, 3, 2), _unit(rng, 3, 2)
@@ -137,6 +201,16 @@ def test_queue_size_auto_is_capped_by_catalogue():
   assert resolve_queue_size(LossConfig(queue_size=-1), 512, 1682) == 0   # MovieLens-100K
   assert resolve_queue_size(LossConfig(queue_size=0), 256, 100_000) == 0
   assert resolve_queue_size(LossConfig(queue_size=300), 256, 1000) == 300
+
+
+def test_query_memory_size_follows_the_queue_and_needs_one():
+  assert resolve_query_memory_size(LossConfig(), 2048) == 2048        # auto: the queue's size
+  assert resolve_query_memory_size(LossConfig(), 0) == 0
+  assert resolve_query_memory_size(LossConfig(query_memory_size=0), 2048) == 0
+  assert resolve_query_memory_size(LossConfig(query_memory_size=512), 2048) == 512
+  # An automatic queue that comes out empty (a small catalogue) cannot carry one.
+  with pytest.raises(ValueError, match="--query_memory_size=512 needs the item queue"):
+    resolve_query_memory_size(LossConfig(query_memory_size=512), 0)
 
 
 def test_bad_temperature_is_rejected():

@@ -55,6 +55,9 @@ class LossConfig:
   mask_accidental_hits: bool = True
   mask_history: bool = True                   # items in the row's history input are not negatives
   queue_centering: bool = True                # store and score candidates minus their batch mean
+  queue_decoupled: bool = False               # queue trains the user tower only (see retrieval.py)
+  query_memory_size: int = -1                 # recent queries whose softmax the batch joins;
+                                              # -1: the queue's size (none without a queue); 0: off
   frequency: str = "static"                   # log q source: static (count table) | streaming
   frequency_buckets: int = 0                  # streaming: hash buckets (0: item vocabulary size)
   frequency_hashes: int = 2                   # streaming: hash functions

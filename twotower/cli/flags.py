@@ -30,6 +30,12 @@ _HELP = {
                     "one process per worker, each with its own --workdir (README.md).",
     "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most an eighth "
                   "of the catalogue, none if that is under one batch), 0 = in-batch only.",
+    "query_memory_size": "Query memory: the last this many rows' queries, each with the "
+                         "log-partition of its softmax; the batch's items join those "
+                         "softmaxes, so an item meets B + M users as the user meets B + M "
+                         "items. -1 = the queue's size (none without a queue), 0 = off.",
+    "queue_decoupled": "The queue's entries train the user tower only; the item tower learns "
+                       "from the fresh candidates' softmax, as without a queue.",
     "mixed_negatives": "Mixed Negative Sampling: B' items sampled from the whole corpus per "
                        "step, encoded and added as negatives (logQ uses the mixture); 0: off.",
     "mixed_negatives_distribution": "Corpus sampling of --mixed_negatives: uniform, or "

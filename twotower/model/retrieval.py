@@ -71,6 +71,20 @@ def resolve_queue_size(config: LossConfig, batch_size: int, num_items: int) -> i
   return int(size) if size >= batch_size else 0
 
 
+def resolve_query_memory_size(config: LossConfig, queue_size: int) -> int:
+  """The query memory size a config asks for; -1 means the queue's size.
+
+  Without an item queue the memory is refused: items would then meet B + M users while each
+  user meets only B items, and training degrades (experiments/RESULTS.md).
+  """
+  if config.query_memory_size < 0:
+    return queue_size
+  if config.query_memory_size and not queue_size:
+    raise ValueError(f"--query_memory_size={config.query_memory_size} needs the item queue, "
+                     f"which is off (--queue_size={config.queue_size})")
+  return config.query_memory_size
+
+
 class CrossBatchSoftmax(tf_keras.layers.Layer):
   """Softmax over [in-batch candidates ; queue ; mixed negatives] / temperature - log q,
   with masks.
@@ -79,14 +93,23 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
   equals row b's positive (accidental hits, queue and mixed negatives included), empty queue
   slots, every queue slot during warm-up, and candidates among row b's history items (known
   positives).
+
+  With a query memory, the batch's candidates also join the softmaxes of recent rows
+  (``memory_loss``), so that both towers see the gradient of a batch B + M large. Neither
+  TFRS nor the CBNS paper has this: their queue gives only the user tower more negatives,
+  and measured on our corpora that alone loses to in-batch training (experiments/RESULTS.md).
   """
 
-  def __init__(self, config: LossConfig, queue: Optional[CrossBatchQueue] = None, **kwargs):
+  def __init__(self, config: LossConfig, queue: Optional[CrossBatchQueue] = None,
+               query_memory: Optional[CrossBatchQueue] = None, **kwargs):
     super().__init__(**kwargs)
     if config.temperature <= 0:
       raise ValueError(f"--temperature must be positive, got {config.temperature}")
     self._config = config
     self.queue = queue
+    # (query embedding, positive item id, log-partition of its softmax) of recent rows:
+    # the queue's fields hold those three. See memory_loss().
+    self.query_memory = query_memory
     # Off until the training loop sees the embedding drift fall below
     # --queue_warmup_drift (train/drift.py); always on without that flag. Checkpointed.
     self.queue_enabled = tf.Variable(config.queue_warmup_drift <= 0, trainable=False,
@@ -107,8 +130,13 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
       return candidates
     return candidates - tf.reduce_mean(candidates, axis=0, keepdims=True)
 
+  def _warm(self, step) -> tf.Tensor:
+    """Whether the cross-batch memories are used at this step (warm-up, drift switch)."""
+    warm = tf.constant(True) if step is None else step >= self._config.queue_warmup_steps
+    return tf.logical_and(warm, self.queue_enabled)
+
   def logits(self, query, candidates, candidate_ids, candidate_log_q, history=None,
-             step=None, label_offset=0, negatives=None):
+             step=None, label_offset=0, negatives=None, use_queue=True):
     """Masked, corrected logits [B, C + M + B']; row b's label is column b + label_offset.
 
     ``candidates`` may be the global batch of several replicas (C = replicas x B); then row
@@ -118,11 +146,9 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     cfg = self._config
     all_ids = candidate_ids
     blocks = [(candidates, candidate_log_q if cfg.logq else tf.zeros_like(candidate_log_q))]
-    if self.queue is not None:
+    if self.queue is not None and use_queue:
       all_ids = tf.concat([candidate_ids, self.queue.ids], axis=0)
-      warm = tf.constant(True) if step is None else step >= cfg.queue_warmup_steps
-      warm = tf.logical_and(warm, self.queue_enabled)
-      queue_ok = tf.logical_and(tf.not_equal(self.queue.ids, EMPTY_ID), warm)
+      queue_ok = tf.logical_and(tf.not_equal(self.queue.ids, EMPTY_ID), self._warm(step))
       # Empty or still-warming slots get a huge bias: exp() of their logit is exactly 0.
       queue_bias = tf.where(queue_ok, self.queue.log_q if cfg.logq else 0.0, -MASKED_LOGIT)
       blocks.append((self.queue.embeddings, queue_bias))
@@ -157,17 +183,56 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
       logits = tf.where(mask, tf.constant(MASKED_LOGIT, logits.dtype), logits)
     return logits
 
+  def memory_loss(self, candidates, candidate_ids, candidate_log_q, step=None) -> tf.Tensor:
+    """Sum over the remembered queries u of log(1 + sum_c exp(l_uc) / Z_u).
+
+    The batch's candidates join the softmax of each query of the last rows, whose
+    log-partition log Z_u over its own candidates was stored with it: an item is then a
+    negative of B + M_u users, as in a batch B + M_u large, and not of B alone. Only the
+    candidates get gradient (the memory is stop-gradient); a remembered query's positive is
+    never its negative here. Its history items are not remembered, so unlike in-batch rows
+    they are not masked.
+    """
+    memory, cfg = self.query_memory, self._config
+    bias = candidate_log_q if cfg.logq else tf.zeros_like(candidate_log_q)
+    logits = tf.matmul(memory.embeddings * (1.0 / cfg.temperature), candidates,
+                       transpose_b=True) - bias[None, :]
+    hit = tf.equal(memory.ids[:, None], tf.cast(candidate_ids, memory.ids.dtype)[None, :])
+    logits = tf.where(hit, tf.constant(MASKED_LOGIT, logits.dtype), logits)
+    extended = tf.reduce_logsumexp(tf.concat([memory.log_q[:, None], logits], 1), axis=1)
+    used = tf.logical_and(tf.not_equal(memory.ids, EMPTY_ID), self._warm(step))
+    return tf.reduce_sum(tf.where(used, extended - memory.log_q, 0.0))
+
   def call(self, query, candidates, candidate_ids, candidate_log_q, history=None, step=None,
-           label_offset=0, global_batch_size=None, negatives=None):
+           label_offset=0, global_batch_size=None, negatives=None,
+           return_log_partition=False):
     """Mean loss over the rows; with ``global_batch_size`` (several replicas), this
-    replica's share of the global mean, so that summing over replicas gives the mean."""
-    logits = self.logits(query, candidates, candidate_ids, candidate_log_q, history, step,
-                         label_offset, negatives)
+    replica's share of the global mean, so that summing over replicas gives the mean.
+    With ``return_log_partition``, also each row's log-partition (for the query memory)."""
     labels = tf.range(tf.shape(query)[0]) + label_offset
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    if global_batch_size is None:
-      return tf.reduce_mean(losses)
-    return tf.reduce_sum(losses) / tf.cast(global_batch_size, losses.dtype)
+
+    def losses_of(query, candidates, negatives, use_queue=True):
+      logits = self.logits(query, candidates, candidate_ids, candidate_log_q, history, step,
+                           label_offset, negatives, use_queue)
+      return (tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits),
+              tf.stop_gradient(tf.reduce_logsumexp(logits, axis=1)))
+
+    if self.queue is None or not self._config.queue_decoupled:
+      losses, log_partition = losses_of(query, candidates, negatives)
+    else:
+      frozen = None if negatives is None else (tf.stop_gradient(negatives[0]),) + negatives[1:]
+      losses, log_partition = losses_of(query, tf.stop_gradient(candidates), frozen)
+      losses += losses_of(tf.stop_gradient(query), candidates, negatives, use_queue=False)[0]
+    total = tf.reduce_sum(losses)
+    rows = tf.cast(tf.shape(query)[0] if global_batch_size is None else global_batch_size,
+                   losses.dtype)
+    if self.query_memory is not None:
+      # Every replica adds the same memory term over the global candidates: a share each.
+      ctx = replica_context()
+      total += self.memory_loss(candidates, candidate_ids, candidate_log_q, step) / (
+          1.0 if ctx is None else float(ctx.num_replicas_in_sync))
+    loss = total / rows
+    return (loss, log_partition) if return_log_partition else loss
 
 
 def encode_each_item_once(item_tower, features: dict, training: bool) -> tf.Tensor:
@@ -245,10 +310,12 @@ class TwoTowerModel(tfrs.Model):
       sizes = gather_replicas(tf.shape(local)[:1])
       offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
       global_batch = tf.shape(ids)[0]
-    loss = self.task(query, candidates, ids, log_q, history=features["user"].get(HISTORY),
-                     step=step, label_offset=offset, global_batch_size=global_batch,
-                     negatives=negatives)
-    return loss, (candidates, ids, log_q)
+    loss, log_partition = self.task(
+        query, candidates, ids, log_q, history=features["user"].get(HISTORY), step=step,
+        label_offset=offset, global_batch_size=global_batch, negatives=negatives,
+        return_log_partition=True)
+    return loss, {"queue": (candidates, ids, log_q),
+                  "query_memory": (gather_replicas(query), ids, gather_replicas(log_partition))}
 
   def compute_loss(self, features, training=False):
     return self._forward(features, training)[0]
@@ -265,8 +332,9 @@ class TwoTowerModel(tfrs.Model):
       return loss
 
     def enqueue():
-      if self.task.queue is not None:
-        self.task.queue.enqueue(*enqueued["entries"])
+      for name in ("queue", "query_memory"):
+        if getattr(self.task, name) is not None:
+          getattr(self.task, name).enqueue(*enqueued["entries"][name])
 
     return guarded_step(self, loss_fn, enqueue)
 
@@ -278,7 +346,10 @@ def build_retrieval_model(data, config) -> TwoTowerModel:
                          item_tower.id_embedding)
   queue_size = resolve_queue_size(config.loss, config.train.batch_size, data.num_items)
   queue = CrossBatchQueue(queue_size, config.model.embedding_dim) if queue_size else None
-  task = CrossBatchSoftmax(config.loss, queue)
+  memory_size = resolve_query_memory_size(config.loss, queue_size)
+  query_memory = (CrossBatchQueue(memory_size, config.model.embedding_dim, name="query_memory")
+                  if memory_size else None)
+  task = CrossBatchSoftmax(config.loss, queue, query_memory)
   frequency = build_frequency(data, config.loss)
   if not config.loss.mixed_negatives:
     return TwoTowerModel(user_tower, item_tower, task, frequency)

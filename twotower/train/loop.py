@@ -80,6 +80,13 @@ def validate_config(config: Config) -> None:
       (l.queue_size <= 0 or l.queue_size >= t.batch_size,
        f"--queue_size ({l.queue_size}) must be at least --batch_size ({t.batch_size}), or 0 "
        f"for in-batch only"),
+      (l.query_memory_size >= -1,
+       f"--query_memory_size must be -1 (the queue's size), 0 (off) or positive, got "
+       f"{l.query_memory_size}"),
+      (l.query_memory_size <= 0 or l.queue_size != 0,
+       "--query_memory_size needs the item queue (--queue_size != 0): without it the batch's "
+       "items meet more users than the users meet items, and training degrades "
+       "(experiments/RESULTS.md)"),
       (l.queue_warmup_steps >= 0,
        f"--queue_warmup_steps must be >= 0, got {l.queue_warmup_steps}"),
       (l.queue_warmup_drift >= 0,
