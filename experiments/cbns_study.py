@@ -144,6 +144,7 @@ def run_variant(data, v: Variant) -> dict:
   speed = speeds[len(speeds) // 2]
   return {"batch_size": v.batch_size, "queue_size": v.queue_size, "logq": v.logq,
           "mixed_negatives": v.mixed_negatives, "label": v.label,
+          "other": " ".join(f"{key.split('.')[1]}={value}" for key, value in v.overrides.items()),
           "best_epoch": final["best_epoch"], "steps": final["steps"],
           "wall_seconds": round(wall, 1), "train_seconds": round(float(elapsed[-1]), 1),
           "median_examples_per_second": round(speed),
@@ -168,13 +169,13 @@ def main(argv):
     rows.append(run_variant(data, variant))
     print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("curve", "drift")}),
           flush=True)
-  print("\n| B | M | logQ | B' | steps | test R@10 | R@20 | R@50 | R@100 | NDCG@10 | "
+  print("\n| B | M | logQ | B' | other | steps | test R@10 | R@20 | R@50 | R@100 | NDCG@10 | "
         "step ms | train s | peak MB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     t = r["test"]
     print(f"| {r['batch_size']} | {r['queue_size']} | {'on' if r['logq'] else 'off'} | "
-          f"{r['mixed_negatives']} | {r['steps']} | {t['recall@10']:.4f} | "
+          f"{r['mixed_negatives']} | {r['other']} | {r['steps']} | {t['recall@10']:.4f} | "
           f"{t['recall@20']:.4f} | {t['recall@50']:.4f} | {t['recall@100']:.4f} | "
           f"{t['ndcg@10']:.4f} | {r['step_ms']} | {r['train_seconds']} | "
           f"{r['peak_rss_increase_mb']} |")
