@@ -209,8 +209,14 @@ def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch, use_tf):
     monkeypatch.setattr(evaluate, "_score_chunk", spy)
   else:
     original = evaluate._top_k
+    # Workers pull chunks from a shared iterator, so on a loaded machine one of them could
+    # take every chunk before the others start. Each worker's first chunk waits until all
+    # three hold one: the split is then certain, and a single worker breaks the barrier.
+    all_started = threading.Barrier(3, timeout=60)
 
     def spy(scores, *args):
+      if threading.get_ident() not in seen:
+        all_started.wait()
       record(scores.size)
       return original(scores, *args)
 
