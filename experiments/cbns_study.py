@@ -68,10 +68,15 @@ class Variant:
   overrides: dict = dataclasses.field(default_factory=dict)   # "loss.field" / "train.field"
 
   @property
+  def other(self) -> str:
+    """The overrides as ``field=value`` words."""
+    return " ".join(f"{key.split('.')[1]}={value}" for key, value in self.overrides.items())
+
+  @property
   def label(self) -> str:
     text = f"B={self.batch_size} M={self.queue_size} logQ={'on' if self.logq else 'off'}"
     text += f" B'={self.mixed_negatives}" if self.mixed_negatives else ""
-    return text + "".join(f" {k.split('.')[1]}={v}" for k, v in self.overrides.items())
+    return text + (f" {self.other}" if self.overrides else "")
 
 
 def _override(text: str) -> tuple:
@@ -144,7 +149,7 @@ def run_variant(data, v: Variant) -> dict:
   speed = speeds[len(speeds) // 2]
   return {"batch_size": v.batch_size, "queue_size": v.queue_size, "logq": v.logq,
           "mixed_negatives": v.mixed_negatives, "label": v.label,
-          "other": " ".join(f"{key.split('.')[1]}={value}" for key, value in v.overrides.items()),
+          "other": v.other,
           "best_epoch": final["best_epoch"], "steps": final["steps"],
           "wall_seconds": round(wall, 1), "train_seconds": round(float(elapsed[-1]), 1),
           "median_examples_per_second": round(speed),

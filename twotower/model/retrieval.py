@@ -214,14 +214,13 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     def losses_of(query, candidates, negatives, use_queue=True):
       logits = self.logits(query, candidates, candidate_ids, candidate_log_q, history, step,
                            label_offset, negatives, use_queue)
-      return (tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits),
-              tf.stop_gradient(tf.reduce_logsumexp(logits, axis=1)))
+      return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits), logits
 
     if self.queue is None or not self._config.queue_decoupled:
-      losses, log_partition = losses_of(query, candidates, negatives)
+      losses, logits = losses_of(query, candidates, negatives)
     else:
       frozen = None if negatives is None else (tf.stop_gradient(negatives[0]),) + negatives[1:]
-      losses, log_partition = losses_of(query, tf.stop_gradient(candidates), frozen)
+      losses, logits = losses_of(query, tf.stop_gradient(candidates), frozen)
       losses += losses_of(tf.stop_gradient(query), candidates, negatives, use_queue=False)[0]
     total = tf.reduce_sum(losses)
     rows = tf.cast(tf.shape(query)[0] if global_batch_size is None else global_batch_size,
@@ -232,7 +231,9 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
       total += self.memory_loss(candidates, candidate_ids, candidate_log_q, step) / (
           1.0 if ctx is None else float(ctx.num_replicas_in_sync))
     loss = total / rows
-    return (loss, log_partition) if return_log_partition else loss
+    if not return_log_partition:
+      return loss
+    return loss, tf.stop_gradient(tf.reduce_logsumexp(logits, axis=1))
 
 
 def encode_each_item_once(item_tower, features: dict, training: bool) -> tf.Tensor:
@@ -310,12 +311,16 @@ class TwoTowerModel(tfrs.Model):
       sizes = gather_replicas(tf.shape(local)[:1])
       offset = tf.reduce_sum(sizes[:ctx.replica_id_in_sync_group])
       global_batch = tf.shape(ids)[0]
-    loss, log_partition = self.task(
-        query, candidates, ids, log_q, history=features["user"].get(HISTORY), step=step,
-        label_offset=offset, global_batch_size=global_batch, negatives=negatives,
-        return_log_partition=True)
-    return loss, {"queue": (candidates, ids, log_q),
-                  "query_memory": (gather_replicas(query), ids, gather_replicas(log_partition))}
+    # Only the query memory needs the rows' log-partitions (and their cross-replica gathers).
+    remember = self.task.query_memory is not None
+    out = self.task(query, candidates, ids, log_q, history=features["user"].get(HISTORY),
+                    step=step, label_offset=offset, global_batch_size=global_batch,
+                    negatives=negatives, return_log_partition=remember)
+    loss, log_partition = out if remember else (out, None)
+    entries = {"queue": (candidates, ids, log_q)}
+    if remember:
+      entries["query_memory"] = (gather_replicas(query), ids, gather_replicas(log_partition))
+    return loss, entries
 
   def compute_loss(self, features, training=False):
     return self._forward(features, training)[0]
@@ -332,9 +337,9 @@ class TwoTowerModel(tfrs.Model):
       return loss
 
     def enqueue():
-      for name in ("queue", "query_memory"):
+      for name, entries in enqueued["entries"].items():
         if getattr(self.task, name) is not None:
-          getattr(self.task, name).enqueue(*enqueued["entries"][name])
+          getattr(self.task, name).enqueue(*entries)
 
     return guarded_step(self, loss_fn, enqueue)
 
