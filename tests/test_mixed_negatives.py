@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from twotower.config import LossConfig
 from twotower.model.frequency import StaticFrequency
-from twotower.model.mixed_negatives import POPULARITY_POWER, MixedNegativeSampler
+from twotower.model.mixed_negatives import MixedNegativeSampler
 from twotower.model.retrieval import MASKED_LOGIT, CrossBatchSoftmax
 
 CORPUS = np.arange(2, 42, dtype=np.int32)      # ids 0 and 1: padding and OOV rows
@@ -21,7 +21,8 @@ def test_samples_follow_the_distribution_and_stay_in_the_corpus(distribution):
   sampler = _sampler(distribution)
   ids = sampler.sample(tf.constant(7, tf.int64)).numpy()
   assert set(ids) <= set(CORPUS)
-  weights = np.ones(40) if distribution == "uniform" else COUNTS ** POPULARITY_POWER
+  # Popularity sampling is count^0.75 (as the flag's help says): the number, not the constant.
+  weights = np.ones(40) if distribution == "uniform" else COUNTS ** 0.75
   want = weights / weights.sum()
   got = np.bincount(ids - 2, minlength=40) / len(ids)
   np.testing.assert_allclose(got, want, atol=0.006)
