@@ -195,6 +195,43 @@ def test_centering_leaves_in_batch_loss_unchanged():
                              rtol=1e-5)
 
 
+def test_center_subtracts_the_batch_mean_only_with_a_queue_and_centering_on():
+  x = tf.constant(np.random.default_rng(5).normal(1.0, 1.0, (6, 3)).astype(np.float32))
+  centered = CrossBatchSoftmax(LossConfig(), CrossBatchQueue(6, 3)).center(x).numpy()
+  np.testing.assert_allclose(centered, x.numpy() - x.numpy().mean(0), atol=1e-6)
+  np.testing.assert_allclose(centered.mean(0), 0.0, atol=1e-6)
+  for task in (CrossBatchSoftmax(LossConfig(queue_centering=False), CrossBatchQueue(6, 3)),
+               CrossBatchSoftmax(LossConfig())):      # no queue: nothing to protect
+    np.testing.assert_array_equal(task.center(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("centering", [True, False])
+def test_queue_stores_the_step_candidates_minus_their_mean(centering):
+  """What a training step enqueues: the item tower's outputs for the batch, centered unless
+  the config says not to (--noqueue_centering reaching it: tests/test_flagfiles.py)."""
+  from conftest import tiny_config
+  from twotower.data import pipeline
+  from twotower.data import prepare as prepare_lib
+  from twotower.model.retrieval import encode_each_item_once
+  from twotower.train import loop
+  config = tiny_config()
+  config.loss.queue_size, config.loss.queue_warmup_steps = 256, 0
+  config.loss.queue_centering = centering
+  data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  model, _ = loop.build_model(data, config)
+  batch = next(iter(pipeline.training_dataset(data, batch_size=256, seed=0,
+                                              history_length=config.data.history_length)))
+  raw = encode_each_item_once(model.item_tower, batch["item"], training=True).numpy()
+  assert np.linalg.norm(raw.mean(0)) > 0.05          # a shared component to remove
+  model.train_step(batch)
+  stored, ids, _ = (t.numpy() for t in model.task.queue.ordered())
+  np.testing.assert_array_equal(ids, batch["item"]["item_id"].numpy())
+  want = raw - raw.mean(0) if centering else raw
+  np.testing.assert_allclose(stored, want, atol=1e-5)
+  if centering:
+    np.testing.assert_allclose(stored.mean(0), 0.0, atol=1e-5)
+
+
 def test_queue_size_auto_is_capped_by_catalogue():
   assert resolve_queue_size(LossConfig(queue_size=-1), 256, 100_000) == 2048
   assert resolve_queue_size(LossConfig(queue_size=-1), 256, 4000) == 500
