@@ -10,6 +10,7 @@ import pytest
 import threadpoolctl
 
 from twotower import evaluate
+from twotower import topk
 from twotower.data.itemsets import ItemSets
 
 
@@ -101,17 +102,17 @@ def mode(request, monkeypatch):
   accelerator path), numpy counts by row blocks or single rows, chunks inline or on
   worker threads, the plain numpy top-k a few rows at a time."""
   if request.param in ("blocked", "tf_blocked", "blocked_threads"):
-    monkeypatch.setattr(evaluate, "_BLOCK", 3)
-    monkeypatch.setattr(evaluate, "_MIN_BLOCKS_PER_K", 1)
+    monkeypatch.setattr(topk, "_BLOCK", 3)
+    monkeypatch.setattr(topk, "_MIN_BLOCKS_PER_K", 1)
   if request.param in ("row_count", "blocked_threads"):
     monkeypatch.setattr(evaluate, "_COUNT_TASK_ELEMENTS", 1)
   if request.param == "blocked_threads":   # chunks of one query on 3 workers
-    monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 3)
-    monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 1)
+    monkeypatch.setattr(topk.cpus_lib, "available", lambda: 3)
+    monkeypatch.setattr(topk, "_MIN_WORKER_ROWS", 1)
   if request.param == "small_top_k_steps":
-    monkeypatch.setattr(evaluate, "_TOP_K_ELEMENTS", 120)
+    monkeypatch.setattr(topk, "_TOP_K_ELEMENTS", 120)
   if request.param.startswith("tf"):
-    monkeypatch.setattr(evaluate, "_use_tf", lambda: True)
+    monkeypatch.setattr(topk, "_use_tf", lambda: True)
   return request.param
 
 
@@ -134,16 +135,16 @@ def test_matches_reference_for_every_chunk_size(mode, ks):
 
 
 def test_blocked_top_k_is_exact_on_a_larger_tied_corpus(monkeypatch):
-  monkeypatch.setattr(evaluate, "_BLOCK", 4)
-  monkeypatch.setattr(evaluate, "_MIN_BLOCKS_PER_K", 2)
+  monkeypatch.setattr(topk, "_BLOCK", 4)
+  monkeypatch.setattr(topk, "_MIN_BLOCKS_PER_K", 2)
   queries, items, targets, exclude = random_case(seed=7, num_users=40, num_items=301, dim=2)
   ks = (3, 10, 20)
-  assert evaluate._block_size(len(items), max(ks))
+  assert topk._block_size(len(items), max(ks))
   got = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
                                    ItemSets.from_lists(exclude), ks=ks, max_chunk_elements=3000)
   assert_metrics_close(got, reference_metrics(queries, items, targets, exclude, ks))
-  indices, _ = evaluate.top_k_items(queries, items, 20, ItemSets.from_lists(exclude),
-                                    max_chunk_elements=3000)
+  indices, _ = topk.top_k_items(queries, items, 20, ItemSets.from_lists(exclude),
+                                max_chunk_elements=3000)
   np.testing.assert_array_equal(indices, reference_top_k(queries, items, 20, exclude)[0])
 
 
@@ -191,24 +192,24 @@ def test_duplicate_targets_count_once():
 def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch, use_tf):
   """The scores held at once, over every worker's buffer, stay within max_chunk_elements."""
   seen = {}   # thread -> largest score matrix it held (one buffer per worker)
-  monkeypatch.setattr(evaluate, "_use_tf", lambda: use_tf)
-  monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 3)
-  monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 2)
+  monkeypatch.setattr(topk, "_use_tf", lambda: use_tf)
+  monkeypatch.setattr(topk.cpus_lib, "available", lambda: 3)
+  monkeypatch.setattr(topk, "_MIN_WORKER_ROWS", 2)
 
   def record(size):
     thread = threading.get_ident()
     seen[thread] = max(seen.get(thread, 0), size)
 
   if use_tf:
-    original = evaluate._score_chunk
+    original = topk._score_chunk
 
     def spy(queries, items_t, *args):
       record(int(queries.shape[0]) * int(items_t.shape[1]))
       return original(queries, items_t, *args)
 
-    monkeypatch.setattr(evaluate, "_score_chunk", spy)
+    monkeypatch.setattr(topk, "_score_chunk", spy)
   else:
-    original = evaluate._top_k
+    original = topk._top_k
     # Workers pull chunks from a shared iterator, so on a loaded machine one of them could
     # take every chunk before the others start. Each worker's first chunk waits until all
     # three hold one: the split is then certain, and a single worker breaks the barrier.
@@ -220,7 +221,7 @@ def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch, use_tf):
       record(scores.size)
       return original(scores, *args)
 
-    monkeypatch.setattr(evaluate, "_top_k", spy)
+    monkeypatch.setattr(topk, "_top_k", spy)
   queries, items, targets, exclude = random_case(seed=1)
   evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
                              ItemSets.from_lists(exclude), max_chunk_elements=10 * len(items))
@@ -229,10 +230,10 @@ def test_no_score_matrix_exceeds_the_chunk_limit(monkeypatch, use_tf):
 
 
 def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
-  monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 2)
-  monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 1)
+  monkeypatch.setattr(topk.cpus_lib, "available", lambda: 2)
+  monkeypatch.setattr(topk, "_MIN_WORKER_ROWS", 1)
   calls = []
-  original = evaluate._top_k
+  original = topk._top_k
 
   def failing(scores, *args):
     calls.append(1)
@@ -240,7 +241,7 @@ def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
       raise FloatingPointError("boom in a worker")
     return original(scores, *args)
 
-  monkeypatch.setattr(evaluate, "_top_k", failing)
+  monkeypatch.setattr(topk, "_top_k", failing)
   queries, items, targets, exclude = random_case(seed=1)
   with pytest.raises(FloatingPointError, match="boom in a worker"):
     evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
@@ -251,8 +252,8 @@ def test_an_error_in_a_worker_reaches_the_caller(monkeypatch):
 def test_overlapping_evaluations_keep_the_blas_limit_and_restore_it(monkeypatch):
   """Worker threads limit numpy's BLAS for the evaluation only, even when evaluations in
   several threads overlap."""
-  monkeypatch.setattr(evaluate.cpus_lib, "available", lambda: 2)
-  monkeypatch.setattr(evaluate, "_MIN_WORKER_ROWS", 1)
+  monkeypatch.setattr(topk.cpus_lib, "available", lambda: 2)
+  monkeypatch.setattr(topk, "_MIN_WORKER_ROWS", 1)
 
   def blas_threads():
     return [i["num_threads"] for i in threadpoolctl.threadpool_info()
@@ -260,14 +261,14 @@ def test_overlapping_evaluations_keep_the_blas_limit_and_restore_it(monkeypatch)
 
   before = blas_threads()
   seen = []
-  original = evaluate._top_k
+  original = topk._top_k
 
   def spy(*args):
     seen.append(blas_threads())
     time.sleep(0.002)   # keep the evaluations overlapping
     return original(*args)
 
-  monkeypatch.setattr(evaluate, "_top_k", spy)
+  monkeypatch.setattr(topk, "_top_k", spy)
   queries, items, targets, exclude = random_case(seed=3)
 
   def run(_):
@@ -310,8 +311,8 @@ def test_top_k_items_matches_reference(mode, k):
   queries, items, _, exclude = random_case(seed=k)
   want_indices, want_scores = reference_top_k(queries, items, k, exclude)
   for chunk_elements in (1, 9 * len(items), 1 << 25):
-    indices, scores = evaluate.top_k_items(queries, items, k, ItemSets.from_lists(exclude),
-                                           max_chunk_elements=chunk_elements)
+    indices, scores = topk.top_k_items(queries, items, k, ItemSets.from_lists(exclude),
+                                       max_chunk_elements=chunk_elements)
     assert indices.dtype == np.int64 and scores.dtype == np.float32
     assert indices.shape == scores.shape == (len(queries), k)
     np.testing.assert_array_equal(indices, want_indices)
@@ -325,7 +326,7 @@ def test_all_scores_tied(mode):
   items = np.ones((40, 2), np.float32)
   queries = np.ones((3, 2), np.float32)
   exclude = [[0, 5], [], list(range(0, 40, 2))]
-  indices, _ = evaluate.top_k_items(queries, items, 12, ItemSets.from_lists(exclude))
+  indices, _ = topk.top_k_items(queries, items, 12, ItemSets.from_lists(exclude))
   np.testing.assert_array_equal(indices, reference_top_k(queries, items, 12, exclude)[0])
   targets = [[30], [39, 7], [33]]
   got = evaluate.retrieval_metrics(queries, items, ItemSets.from_lists(targets),
@@ -341,7 +342,7 @@ def test_nan_scores_rank_as_excluded(mode):
   items[[4, 17]] = np.nan
   queries[3] = np.nan   # every score of this user is NaN: nothing left to rank
   excluded = [e + [4, 17] for e in exclude]
-  indices, scores = evaluate.top_k_items(queries, items, 10, ItemSets.from_lists(exclude))
+  indices, scores = topk.top_k_items(queries, items, 10, ItemSets.from_lists(exclude))
   want = reference_top_k(queries, items, 10, excluded)[0]
   np.testing.assert_array_equal(np.delete(indices, 3, 0), np.delete(want, 3, 0))
   assert (indices[3] == -1).all() and not np.isnan(scores).any()
@@ -355,7 +356,7 @@ def test_nan_scores_rank_as_excluded(mode):
 
 def test_top_k_items_without_exclusions():
   queries, items, _, _ = random_case(seed=4)
-  indices, _ = evaluate.top_k_items(queries, items, 10)
+  indices, _ = topk.top_k_items(queries, items, 10)
   np.testing.assert_array_equal(indices, reference_top_k(queries, items, 10, None)[0])
 
 
