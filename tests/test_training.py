@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from twotower.config import Config
+from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.model.encoding import Encoder
 from twotower.train import loop
@@ -83,22 +84,73 @@ def test_rerun_resumes_instead_of_restarting(synthetic_data, tmp_path):
 
 
 class _Faulty:
-  """Wraps a train step: at the given steps its loss is replaced (NaN) or multiplied (spike)
-  *and* the weights are really damaged, as a poisoned batch would."""
+  """Wraps a train step. "nan": the user tower's id embeddings turn NaN *before* the step,
+  so the real step computes a non-finite loss and gradient itself (only restoring a
+  checkpoint heals it). "spike": after a healthy step the weights are really damaged and
+  the loss multiplied, as a poisoned batch would."""
 
   def __init__(self, trainer, faults):
     self._trainer, self._step, self._faults, self._calls = trainer, trainer.train_step, faults, 0
 
   def __call__(self, batch):
-    out = self._step(batch)
     self._calls += 1
     fault = self._faults.get(self._calls)
-    if fault is None:
+    embeddings = self._trainer.model.user_tower.trainable_variables[0]
+    if fault == "nan":
+      embeddings.assign(embeddings * np.nan)
+    out = self._step(batch)
+    if fault != "spike":
       return out
-    for v in self._trainer.model.user_tower.trainable_variables[:1]:
-      v.assign(v * (np.nan if fault == "nan" else 50.0))
-    loss = out["loss"] * (np.nan if fault == "nan" else 100.0)
-    return dict(out, loss=loss)
+    embeddings.assign(embeddings * 50.0)
+    return dict(out, loss=out["loss"] * 100.0)
+
+
+def _values(variables) -> list:
+  return [np.array(v.numpy()) for v in variables]
+
+
+def test_a_non_finite_first_step_changes_no_weight_and_no_optimizer_slot(synthetic_data,
+                                                                          tmp_path):
+  """The very first step meets a user whose embedding row is infinite: its gradient is not
+  finite, the guard says so, and the weights, the optimizer's slots and step
+  counter, the queue and the frequency estimator are all left as they were."""
+  trainer = loop.Trainer(small_config(loss__queue_warmup_steps=0), str(tmp_path),
+                         synthetic_data)
+  batch = next(iter(pipeline.training_dataset(
+      synthetic_data, batch_size=256, seed=0,
+      history_length=trainer.config.data.history_length)))
+  table = trainer.model.user_tower.id_embedding.embeddings
+  table.scatter_update(tf.IndexedSlices(tf.fill([1, table.shape[1]], np.inf),
+                                        batch["user"]["user_id"][:1]))
+  state = lambda: _values(trainer.model.variables) + _values(trainer.optimizer.variables())
+  before = state()
+  out = trainer.train_step(batch)
+  # (The loss itself comes out finite here: one NaN query row does not reach the mean.)
+  assert not np.isfinite(float(out["grad_norm"]))
+  assert trainer.guard.check(float(out["loss"]), float(out["grad_norm"])).startswith(
+      "non-finite")
+  for was, now in zip(before, state()):
+    np.testing.assert_array_equal(was, now)          # NaN == NaN here; nothing moved
+  assert trainer._step() == 0   # pylint: disable=protected-access
+  # The same batch without the infinite row is a healthy step that does move them.
+  table.assign(tf.where(tf.math.is_finite(table), table, 0.0))
+  healthy = state()
+  trainer.train_step(batch)
+  assert trainer._step() == 1   # pylint: disable=protected-access
+  changed = [not np.array_equal(a, b) for a, b in zip(healthy, state())]
+  assert sum(changed) > len(changed) // 2, changed
+
+
+def test_divergence_guard_restores_after_a_non_finite_first_step(synthetic_data, tmp_path):
+  trainer = loop.Trainer(small_config(train__epochs=1), str(tmp_path), synthetic_data)
+  trainer.train_step = _Faulty(trainer, {1: "nan"})
+  log = trainer.run()
+  event, = log["divergence_events"]
+  assert event["reason"].startswith("non-finite") and event["step"] == 0
+  assert event["restored_step"] == 0 and event["batch"] == 0
+  # Restored from the step-0 checkpoint, so every later step was finite; one batch skipped.
+  assert log["final"]["steps"] == trainer.steps_per_epoch - 1
+  assert np.isfinite(log["epochs"][0]["loss"])
 
 
 def test_every_epoch_evaluates_with_one_traced_encoder(synthetic_data, tmp_path):
