@@ -9,7 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from twotower import fileio
 from twotower import index as index_lib
+from twotower import topk
+from twotower.data.itemsets import ItemSets
 
 
 def planted(n, dim=16, topics=60, queries=400, noise=1.0, seed=0):
@@ -40,7 +43,7 @@ def test_tuned_searcher_reaches_the_recall_target_on_held_out_queries(scann_inde
   assert p["num_leaves"] == index_lib.default_num_leaves(30000)
   assert 1 <= p["leaves_to_search"] <= p["num_leaves"]
   assert p["tuning_recall"] >= 0.95
-  exact, _ = index_lib.exact_top_k(held_out, index.embeddings, 10)
+  exact, _ = index.search(held_out, 10, exact=True)
   approx, scores = index.search(held_out, 10)
   assert index_lib.recall(approx, exact) >= 0.93   # held-out: target minus noise
   assert np.all(np.diff(scores, axis=1) <= 1e-6)   # best first
@@ -67,16 +70,17 @@ def test_brute_force_below_the_threshold_and_on_request():
 def test_exact_top_k_breaks_ties_by_row_and_honours_exclusions():
   emb = np.array([[1, 0], [1, 0], [0, 1], [1, 0], [0.5, 0]], np.float32)
   q = np.array([[1, 0]], np.float32)
-  rows, scores = index_lib.exact_top_k(q, emb, 2)
+  brute_force = index_lib.Index(index_lib.BRUTE_FORCE, emb)
+  rows, scores = brute_force.search(q, 2)
   np.testing.assert_array_equal(rows, [[0, 1]])
-  rows, _ = index_lib.exact_top_k(q, emb, 3, exclude=[np.array([1])])
+  rows, _ = brute_force.search(q, 3, exclude=ItemSets.from_lists([[1]]))
   np.testing.assert_array_equal(rows, [[0, 3, 4]])
-  rows, scores = index_lib.exact_top_k(q, emb, 10)   # k > N: everything, best first
+  rows, scores = brute_force.search(q, 10)   # k > N: everything, best first
   np.testing.assert_array_equal(rows, [[0, 1, 3, 4, 2]])
   # Chunked and unchunked agree.
   items, queries = planted(2000, queries=50)
-  a, _ = index_lib.exact_top_k(queries, items, 7)
-  b, _ = index_lib.exact_top_k(queries, items, 7, chunk_elements=3000)
+  a, _ = topk.top_k_items(queries, items, 7)
+  b, _ = topk.top_k_items(queries, items, 7, max_chunk_elements=3000)
   np.testing.assert_array_equal(a, b)
 
 
@@ -95,7 +99,7 @@ def _saved(index, directory):
   directory = str(directory)
   os.makedirs(directory, exist_ok=True)
   index.item_ids = np.array([f"item{i}" for i in range(index.num_items)], dtype=object)
-  index.save(directory)
+  index_lib.save_index(index, directory)
   return directory
 
 
@@ -144,7 +148,7 @@ def test_load_fails_clearly_on_missing_corrupt_or_mismatched_files(scann_index, 
   other[0] *= -1
   np.save(os.path.join(d, index_lib.EMBEDDINGS), other)
   meta = json.load(open(os.path.join(d, index_lib.INDEX_JSON)))
-  meta["files"][index_lib.EMBEDDINGS] = index_lib.sha256_file(
+  meta["files"][index_lib.EMBEDDINGS] = fileio.sha256_file(
       os.path.join(d, index_lib.EMBEDDINGS))
   json.dump(meta, open(os.path.join(d, index_lib.INDEX_JSON), "w"))
   with pytest.raises(index_lib.IntegrityError, match="fingerprint"):
@@ -157,17 +161,17 @@ def test_load_fails_clearly_on_missing_corrupt_or_mismatched_files(scann_index, 
 
 def test_atomic_directory_keeps_the_old_contents_on_failure(tmp_path):
   target = str(tmp_path / "out")
-  with index_lib.atomic_directory(target) as tmp:
+  with fileio.atomic_directory(target) as tmp:
     open(os.path.join(tmp, "v"), "w").write("1")
   assert open(os.path.join(target, "v")).read() == "1"
   assert os.stat(os.path.join(target, "v")).st_mode & 0o044   # not left private
   with pytest.raises(RuntimeError):
-    with index_lib.atomic_directory(target) as tmp:
+    with fileio.atomic_directory(target) as tmp:
       open(os.path.join(tmp, "v"), "w").write("2")
       raise RuntimeError("interrupted")
   assert open(os.path.join(target, "v")).read() == "1"
   assert os.listdir(tmp_path) == ["out"]
-  with index_lib.atomic_directory(target) as tmp:
+  with fileio.atomic_directory(target) as tmp:
     open(os.path.join(tmp, "v"), "w").write("3")
   assert open(os.path.join(target, "v")).read() == "3"
   assert os.listdir(tmp_path) == ["out"]
@@ -182,6 +186,6 @@ def test_atomic_directory_recovers_from_a_killed_writer(tmp_path):
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True).stdout.strip()
   os.makedirs(tmp_path / f".out.tmp-{dead}-xyz")
-  index_lib._recover(str(tmp_path), "out")  # pylint: disable=protected-access
+  fileio._recover(str(tmp_path), "out")  # pylint: disable=protected-access
   assert open(os.path.join(target, "v")).read() == "old"
   assert sorted(os.listdir(tmp_path)) == ["out"]

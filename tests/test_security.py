@@ -53,7 +53,7 @@ def _edit_json(path, edit) -> None:
 def _record(directory, rel) -> None:
   """Updates the manifest's sha256 of ``rel`` to the file's current bytes, as an attacker
   editing the export would, so that only path checks can refuse it."""
-  digest = index_lib.sha256_file(os.path.join(directory, *rel.split("/")))
+  digest = fileio.sha256_file(os.path.join(directory, *rel.split("/")))
   _edit_json(os.path.join(directory, export_lib.MANIFEST),
              lambda m: m["files"][rel].update(sha256=digest))
 
@@ -62,13 +62,13 @@ def _record(directory, rel) -> None:
 def hashed(monkeypatch):
   """Records every path the loaders hash."""
   paths = []
-  original = index_lib.sha256_file
+  original = fileio.sha256_file
 
   def sha256_file(path):
     paths.append(os.path.realpath(path))
     return original(path)
 
-  monkeypatch.setattr(index_lib, "sha256_file", sha256_file)
+  monkeypatch.setattr(fileio, "sha256_file", sha256_file)
   return paths
 
 
@@ -202,7 +202,7 @@ def test_scann_asset_paths_leaving_the_searcher_are_refused(export_dir, tmp_path
     text = f.read()
   with open(assets, "w") as f:
     f.write(text.replace('"hashed_dataset.npy"', '"../../stolen.npy"'))
-  digest = index_lib.sha256_file(assets)
+  digest = fileio.sha256_file(assets)
   _edit_json(os.path.join(d, index_lib.INDEX_JSON),
              lambda meta: meta["files"].update({"index/scann_assets.pbtxt": digest}))
   _record(d, "index/scann_assets.pbtxt")
