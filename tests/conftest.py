@@ -38,11 +38,11 @@ def tiny_scann_export(tmp_path_factory):
   """A real export with a ScaNN searcher (under index/) of a tiny trained model; tests that
   tamper with it work on copies."""
   from twotower import export as export_lib
-  from twotower import index as index_lib
+  from twotower.jobs import index as index_job
   from twotower.train import loop
   root = tmp_path_factory.mktemp("tiny_export")
   workdir = str(root / "workdir")
   os.makedirs(workdir)
   loop.train(tiny_config(), workdir)
-  index_lib.build_index(workdir, brute_force_below=0, num_tuning_queries=50)
+  index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=50)
   return export_lib.export(workdir, str(root / "export"))

@@ -17,6 +17,7 @@ import pytest
 from twotower import export as export_lib
 from twotower import fileio
 from twotower import index as index_lib
+from twotower.jobs import index as index_job
 from twotower import serving
 from twotower.config import Config
 from twotower.data import features as features_lib
@@ -92,9 +93,9 @@ def run(tmp_path_factory):
   workdir = str(root / "workdir")
   os.makedirs(workdir)
   loop.train(_config(_write_dataset(str(root))), workdir)
-  bf_report = index_lib.build_index(workdir, force_brute_force=True, num_tuning_queries=100)
+  bf_report = index_job.build_index(workdir, force_brute_force=True, num_tuning_queries=100)
   bf_dir = export_lib.export(workdir, str(root / "export_bf"))
-  scann_report = index_lib.build_index(workdir, brute_force_below=0, num_tuning_queries=150)
+  scann_report = index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=150)
   scann_dir = export_lib.export(workdir, str(root / "export_scann"))
   return {"workdir": workdir, "bf": bf_dir, "scann": scann_dir, "root": root,
           "bf_report": bf_report, "scann_report": scann_report}
@@ -144,7 +145,7 @@ def test_export_layout_and_manifest(run):
     manifest = fileio.read_json(os.path.join(d, "manifest.json"))
     assert set(manifest["versions"]) >= {"tensorflow", "scann", "numpy", "python"}
     assert manifest["config"]["data"]["history_length"] == 8
-    on_disk = index_lib.file_hashes(d)
+    on_disk = fileio.file_hashes(d)
     on_disk.pop("manifest.json")
     assert on_disk == {rel: e["sha256"] for rel, e in manifest["files"].items()}
     assert "query_model/saved_model.pb" in on_disk
@@ -166,7 +167,7 @@ def test_export_requires_an_index(run, tmp_path):
 def test_interrupted_re_export_leaves_the_old_export(run, tmp_path, monkeypatch):
   target = str(tmp_path / "export")
   shutil.copytree(run["bf"], target)
-  before = index_lib.file_hashes(target)
+  before = fileio.file_hashes(target)
 
   def boom(*args, **kwargs):
     raise KeyboardInterrupt("killed mid-export")
@@ -174,7 +175,7 @@ def test_interrupted_re_export_leaves_the_old_export(run, tmp_path, monkeypatch)
   monkeypatch.setattr(export_lib, "_save_query_model", boom)
   with pytest.raises(KeyboardInterrupt):
     export_lib.export(run["workdir"], target)
-  assert index_lib.file_hashes(target) == before
+  assert fileio.file_hashes(target) == before
   assert os.listdir(tmp_path) == ["export"]
   serving.Recommender.load(target)
 

@@ -24,7 +24,7 @@ warm-up call), later calls only search. A SavedModel holding ScaNN ops loads whe
 ``import scann`` has registered them (``twotower.serving`` always does this first).
 
 The export is written to a temporary sibling directory, fsynced and swapped in with one
-rename (``twotower.index.atomic_directory``): a reader never sees half an export.
+rename (``twotower.fileio.atomic_directory``): a reader never sees half an export.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ import twotower
 from twotower import fileio
 from twotower import index as index_lib
 from twotower.data import types
+from twotower.data.histories import latest_histories
 from twotower.data.features import SEPARATORS
 from twotower.data.vocab import PAD, Vocabulary
 
@@ -222,7 +223,6 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
 
 def user_defaults(data, history_length: int) -> dict:
   """Per known user: raw latest features and last L items of the whole log (strings)."""
-  from twotower.index import latest_histories
   tokens = np.asarray(data.user_vocab.tokens, dtype=object)
   ids = np.arange(data.user_vocab.offset, len(data.user_vocab), dtype=np.int32)
   history = np.full((len(ids), history_length), "", dtype=object)
@@ -244,7 +244,7 @@ def user_defaults(data, history_length: int) -> dict:
 def _versions() -> dict:
   out = {"python": platform.python_version(), "twotower": twotower.__version__}
   for package in _PACKAGES:
-    out[package] = index_lib._version(package)  # pylint: disable=protected-access
+    out[package] = index_lib.package_version(package)
   return out
 
 
@@ -292,12 +292,12 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
   defaults = user_defaults(run.data, history_length)
   # Reference embeddings of a few known users through the training-time path (this also
   # builds the user tower, whose restored weights are created on first call).
-  users, history = index_lib.latest_histories(run.data, history_length)
+  users, history = latest_histories(run.data, history_length)
   check = np.linspace(0, len(users) - 1, min(len(users), 16)).astype(int)
   expected = encoder.users(users[check], history[check])
   check_rows = users[check] - run.data.user_vocab.offset
 
-  with index_lib.atomic_directory(export_dir) as tmp:
+  with fileio.atomic_directory(export_dir) as tmp:
     index_meta = _copy_index(wd.index, tmp)
     np.savez(os.path.join(tmp, USER_DEFAULTS), **defaults)
     _save_query_model(run, index, index_meta, os.path.join(tmp, INDEX_DIR),
@@ -339,7 +339,7 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
                           if include_ranking else None),
         "files": {rel: {"sha256": digest,
                         "bytes": os.path.getsize(os.path.join(tmp, *rel.split("/")))}
-                  for rel, digest in index_lib.file_hashes(tmp).items()},
+                  for rel, digest in fileio.file_hashes(tmp).items()},
     }
     fileio.atomic_write_json(os.path.join(tmp, MANIFEST), manifest)
   logging.info("exported %s (%s index over %d items)", export_dir, index.kind, index.num_items)
@@ -362,7 +362,7 @@ def _copy_index(index_dir: str, tmp: str) -> dict:
   if meta.get("searcher_dir"):
     meta["searcher_dir"] = INDEX_DIR
   fileio.atomic_write_json(os.path.join(tmp, index_lib.INDEX_JSON), meta)
-  index_lib.verify_files(tmp, files, "export", "rerun twotower-export")
+  fileio.verify_files(tmp, files, "export", "rerun twotower-export")
   return meta
 
 

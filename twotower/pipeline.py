@@ -22,7 +22,8 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
     from twotower.train import ranking
     summary["ranking"] = ranking.train_ranking(
         workdir, progress=config.train.progress, seed=config.train.seed)["final"]
-  from twotower import export, index, serving
+  from twotower import export, serving
+  from twotower.jobs import index
   summary["index"] = index.build_index(workdir)
   export_dir = export.export(workdir, export_dir, include_ranking=rank)
   summary["export_dir"] = export_dir

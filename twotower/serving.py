@@ -33,6 +33,7 @@ from twotower import export as export_lib
 from twotower import fileio
 from twotower import index as index_lib
 from twotower.data import types
+from twotower.data.itemsets import ItemSets
 
 IntegrityError = index_lib.IntegrityError
 # (users, candidate item ids per user) -> a score per candidate, higher is better.
@@ -58,7 +59,7 @@ def _verify_export(export_dir: str, verify: bool) -> dict:
     raise IntegrityError(f"{path}: unsupported export format {manifest.get('format')!r}")
   _refuse_unlisted(export_dir, set(files) | {export_lib.MANIFEST})
   if verify:
-    index_lib.verify_files(export_dir, files, "export", _FIX)
+    fileio.verify_files(export_dir, files, "export", _FIX)
   else:
     for rel in files:
       try:
@@ -285,7 +286,8 @@ class Recommender:
     n = min(n, total)
     out_rows, out_scores = [], []
     if self.index.searcher is None:
-      rows, scores = index_lib.exact_top_k(queries, self.index.embeddings, n, exclude=excluded)
+      rows, scores = self.index.search(queries, n, exact=True,
+                                       exclude=ItemSets.from_lists(excluded))
     else:
       extra = max((len(e) for e in excluded), default=0)
       rows, scores = self.index.search(queries, min(total, n + extra))
@@ -296,8 +298,8 @@ class Recommender:
       rr, ss = rr[keep][:n], ss[keep][:n]
       want = min(n, total - len(excluded[b]))
       if len(rr) < want:   # the approximate search came back short: search this row exactly
-        rr, ss = index_lib.exact_top_k(queries[b:b + 1], self.index.embeddings, want,
-                                       exclude=[excluded[b]])
+        rr, ss = self.index.search(queries[b:b + 1], want, exact=True,
+                                   exclude=ItemSets.from_lists([excluded[b]]))
         rr, ss = rr[0], ss[0]
       out_rows.append(rr)
       out_scores.append(ss)

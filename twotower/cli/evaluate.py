@@ -13,7 +13,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from twotower import evaluate
+  from twotower.jobs import evaluate
   ks = tuple(int(k) for k in FLAGS.ks) if FLAGS.ks else None
   output.print_json_result(lambda: evaluate.evaluate_workdir(FLAGS.workdir, ks=ks))
 

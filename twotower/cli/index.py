@@ -16,7 +16,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from twotower import index
+  from twotower.jobs import index
   output.print_json_result(lambda: index.build_index(
       FLAGS.workdir, recall_target=FLAGS.recall_target,
       brute_force_below=FLAGS.brute_force_below, force_brute_force=FLAGS.brute_force,
