@@ -46,6 +46,7 @@ import planted
 from report import emit
 
 from twotower import evaluate
+from twotower import topk
 from twotower.data.itemsets import ItemSets
 
 flags.DEFINE_integer("num_users", 10_000, "Users evaluated.")
@@ -108,7 +109,7 @@ def _build_inputs():
 
 
 def _users_per_chunk(max_chunk_elements: int, num_items: int) -> int:
-  return max(1, max_chunk_elements // num_items)   # as evaluate._for_each_chunk does
+  return max(1, max_chunk_elements // num_items)   # as topk.for_each_chunk does
 
 
 def _tf_matmul_all(queries: np.ndarray, items_t: tf.Tensor, chunk: int) -> None:
@@ -134,7 +135,7 @@ def _numpy_matmul_into_buffer_all(queries: np.ndarray, items_t: np.ndarray,
 def _numpy_matmul_in_workers_all(queries: np.ndarray, items_t: np.ndarray,
                                  max_chunk_elements: int) -> None:
   """The bare products split between workers exactly as the evaluation splits them."""
-  workers, chunk, blas_threads = evaluate._worker_plan(   # pylint: disable=protected-access
+  workers, chunk, blas_threads = topk._worker_plan(   # pylint: disable=protected-access
       _users_per_chunk(max_chunk_elements, items_t.shape[1]), len(queries))
 
   def work(w: int) -> None:   # worker w takes every workers-th chunk

@@ -26,6 +26,8 @@ import planted
 from report import emit
 
 from twotower import index as index_lib
+from twotower import topk
+from twotower.index import storage
 
 flags.DEFINE_integer("num_items", 1_000_000, "Corpus size.")
 flags.DEFINE_integer("dim", 64, "Embedding dimension.")
@@ -70,13 +72,13 @@ def main(argv):
 
   with tempfile.TemporaryDirectory() as tmp:
     index.item_ids = None
-    meta = index.save(tmp)
+    meta = index_lib.save_index(index, tmp)
     size = sum(os.path.getsize(os.path.join(tmp, *rel.split("/")))
                for rel in meta["files"] if rel.startswith(index_lib.SEARCHER + "/"))
     float32_bytes = int(items.nbytes)
     del index
     rss0 = peak_memory.status_bytes("VmRSS")
-    searcher = index_lib._load_searcher(  # pylint: disable=protected-access
+    searcher = storage._load_searcher(  # pylint: disable=protected-access
         os.path.join(tmp, index_lib.SEARCHER), "")
     rss1 = peak_memory.status_bytes("VmRSS")
     del searcher
@@ -87,7 +89,7 @@ def main(argv):
                 searcher_rss_bytes=rss1 - rss0,
                 searcher_rss_to_float32=round((rss1 - rss0) / float32_bytes, 3),
                 reloaded_recall_vs_exact=round(index_lib.recall(
-                    again, index_lib.exact_top_k(report_q[:100], items, 10)[0]), 4))
+                    again, topk.top_k_items(report_q[:100], items, 10)[0]), 4))
   emit(report, FLAGS.output)
 
 

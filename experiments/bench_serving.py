@@ -27,6 +27,8 @@ from absl import app, flags
 from report import emit
 
 from twotower import index as index_lib
+from twotower import topk
+from twotower.data.itemsets import ItemSets
 from twotower.serving import Recommender
 
 flags.DEFINE_string("export_dir", None, "A twotower-export directory (user tower + defaults).")
@@ -140,7 +142,7 @@ def main(argv):
   rows = list(served)[:300]
   item_row = {item: i for i, item in enumerate(ids[:len(small.item_ids)])}
   exclude_rows = [np.array([item_row[h] for h in excludes[p]], np.int64) for p in rows]
-  exact, _ = index_lib.exact_top_k(queries[rows], corpus, FLAGS.k, exclude=exclude_rows)
+  exact, _ = topk.top_k_items(queries[rows], corpus, FLAGS.k, ItemSets.from_lists(exclude_rows))
   hits = [len(set(ids[exact[i]]) & {item for item, _ in served[p]})
           for i, p in enumerate(rows)]
 
