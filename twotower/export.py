@@ -42,6 +42,7 @@ from absl import logging
 import twotower
 from twotower import fileio
 from twotower import index as index_lib
+from twotower import topk
 from twotower.data import types
 from twotower.data.histories import latest_histories
 from twotower.data.features import SEPARATORS
@@ -182,7 +183,7 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
   def exact(inputs):
     query = embed(inputs)
     scores = tf.matmul(query, module.item_embeddings, transpose_b=True)
-    scores, rows = tf.math.top_k(scores, k=clip_k(inputs["k"]))
+    scores, rows = topk.top_k_tf(scores, clip_k(inputs["k"]))   # traced: TF ops only
     return {"item_ids": tf.gather(module.item_ids, rows), "scores": scores}
 
   def approximate(inputs):
