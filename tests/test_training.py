@@ -1,4 +1,5 @@
 """End-to-end retrieval training on small data: quality, resume, divergence recovery."""
+import glob
 import json
 import logging
 import os
@@ -207,9 +208,20 @@ def test_divergence_guard_gives_up_after_max_recoveries(synthetic_data, tmp_path
     trainer.run()
 
 
+def _logged_steps(events_file: str, tag: str = "train/loss") -> list:
+  """Steps at which one TensorBoard events file recorded ``tag`` (every 10th step)."""
+  return [event.step for event in tf.compat.v1.train.summary_iterator(events_file)
+          for value in event.summary.value if value.tag == tag]
+
+
+def _events_files(workdir: str) -> list:
+  return glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+
+
 def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
-  """A real SIGKILL mid-epoch: the rerun loses at most the steps since the last checkpoint
-  and ends with the clean run's metrics."""
+  """A real SIGKILL mid-epoch: the rerun restores the checkpoint written before the kill
+  (its first logged step lies past it), so it trains fewer steps than a full run, and ends
+  with the clean run's step count and metrics."""
   workdir = str(tmp_path / "run")
   args = [sys.executable, "-m", "twotower.cli.train", f"--workdir={workdir}",
           "--dataset=synthetic", "--synthetic_users=600", "--synthetic_items=400",
@@ -219,7 +231,7 @@ def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
   proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 240
-  # Wait until a mid-epoch checkpoint (step 50 is inside epoch 1 of 74 steps) exists.
+  # Wait until a mid-epoch checkpoint (step 100 is inside epoch 1 of 74 steps) exists.
   while time.time() < deadline and proc.poll() is None:
     if tf.train.latest_checkpoint(ckpt_dir) and int(
         tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1]) >= 100:
@@ -229,12 +241,19 @@ def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
   killed_at = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
+  killed_events = _events_files(workdir)
   subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                  timeout=600)
   with open(os.path.join(workdir, "metrics.json")) as f:
     resumed = json.load(f)
   clean = clean_run[0]
-  assert killed_at % 25 == 0
+  assert killed_at % 25 == 0 and killed_at >= 100
+  # The rerun's own events file: its training began after the restored checkpoint.
+  rerun_file, = set(_events_files(workdir)) - set(killed_events)
+  rerun_steps = _logged_steps(rerun_file)
+  clean_steps = [step for path in _events_files(clean_run[1]) for step in _logged_steps(path)]
+  assert rerun_steps and min(rerun_steps) > killed_at, (killed_at, rerun_steps[:3])
+  assert len(rerun_steps) <= len(clean_steps) - killed_at // 10, (rerun_steps, clean_steps)
   assert resumed["final"]["steps"] == clean["final"]["steps"]
   np.testing.assert_allclose(resumed["final"]["test"]["recall@20"],
                              clean["final"]["test"]["recall@20"], atol=0.01)
