@@ -11,17 +11,22 @@ from twotower.workdir import Workdir
 
 
 def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = None,
-                 sample_user_id: Optional[str] = None, rank: bool = True) -> dict:
+                 sample_user_id: Optional[str] = None, rank: bool = True,
+                 ranking_options: Optional[dict] = None) -> dict:
   """Trains, ranks (unless ``rank=False``), indexes, exports, and asks the export for one
   recommendation, re-ranked by the head when there is one. Every stage resumes or
-  overwrites atomically, so a rerun after an interruption picks up where it stopped."""
+  overwrites atomically, so a rerun after an interruption picks up where it stopped.
+
+  ``ranking_options`` are RankingConfig fields for the ranking stage; its seed and progress
+  bar default to the retrieval config's."""
   from twotower.train import loop
   metrics = loop.train(config, workdir)
   summary = {"workdir": workdir, "retrieval": metrics["final"]}
   if rank:
     from twotower.train import ranking
-    summary["ranking"] = ranking.train_ranking(
-        workdir, progress=config.train.progress, seed=config.train.seed)["final"]
+    options = {"progress": config.train.progress, "seed": config.train.seed,
+               **(ranking_options or {})}
+    summary["ranking"] = ranking.train_ranking(workdir, **options)["final"]
   from twotower import export, serving
   from twotower.jobs import index
   summary["index"] = index.build_index(workdir)

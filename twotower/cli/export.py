@@ -1,22 +1,27 @@
 """twotower-export: write the serving artifacts (query SavedModel, index, manifest)."""
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
-from absl import app, flags
+from absl import flags
 
-flags.DEFINE_string("workdir", None, "Run directory, trained and indexed.")
-flags.DEFINE_string("export_dir", None, "Where to export (default: WORKDIR/export).")
+from twotower.cli import errors
+from twotower.cli import output
+
+flags.DEFINE_string("workdir", None, "Run directory, trained (twotower-train) and indexed "
+                    "(twotower-index); its ranking head is exported too if it has one.")
+flags.DEFINE_string("export_dir", None, "Where to write the export, replaced atomically "
+                    "(default: WORKDIR/export).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
+def main():
   from twotower import export
-  print(export.export(FLAGS.workdir, FLAGS.export_dir))
+  output.print_json_result(
+      lambda: {"export_dir": export.export(FLAGS.workdir, FLAGS.export_dir)})
 
 
 def run():
-  app.run(main)
+  errors.run_job("twotower-export", main)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,27 @@
 """twotower-index: build the candidate index (ScaNN or brute force) of a trained workdir."""
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
-from absl import app, flags
+from absl import flags
+
+from twotower.cli import errors
 
 from twotower.cli import output
 
-flags.DEFINE_string("workdir", None, "Run directory of a finished twotower-train.")
-flags.DEFINE_float("recall_target", 0.95, "Tune ScaNN until recall@10 vs exact reaches this.")
-flags.DEFINE_integer("brute_force_below", 20000, "Use exact brute force below this corpus size.")
-flags.DEFINE_bool("brute_force", False, "Always use exact brute force.")
-flags.DEFINE_integer("num_tuning_queries", 1000, "User queries to tune on (as many to report on).")
+flags.DEFINE_string("workdir", None, "Run directory of a finished twotower-train; the index "
+                    "is written into it.")
+flags.DEFINE_float("recall_target", 0.95, "Tune ScaNN until its recall@10 against exact "
+                   "search reaches this, in (0, 1]; higher is slower per query.")
+flags.DEFINE_integer("brute_force_below", 20000, "Use exact brute force for corpora of fewer "
+                     "items than this, where it is as fast as ScaNN and exact.")
+flags.DEFINE_bool("brute_force", False, "Always use exact brute force, whatever the corpus "
+                  "size.")
+flags.DEFINE_integer("num_tuning_queries", 1000, "User queries to tune ScaNN on (as many "
+                     "again to report its recall on).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
+def main():
   from twotower.jobs import index
   output.print_json_result(lambda: index.build_index(
       FLAGS.workdir, recall_target=FLAGS.recall_target,
@@ -24,7 +30,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  errors.run_job("twotower-index", main)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,44 @@
 """twotower-pipeline: train -> rank -> index -> export -> one sample recommendation.
 
 The quick start's single command. Each stage is the same library function its own job
-calls; rerunning resumes training and rebuilds the later stages.
+calls; rerunning resumes training and rebuilds the later stages. The ranking stage takes
+every ``--ranking_<field>`` flag of twotower-rank; its seed and progress bar follow --seed
+and --progress unless --ranking_seed / --ranking_progress are given.
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
+from absl import flags
 
-from absl import app, flags
-
+from twotower.cli import errors
 from twotower.cli import flags as cli_flags
 from twotower.cli import output
 
-flags.DEFINE_string("workdir", None, "Run directory.")
-flags.DEFINE_string("export_dir", None, "Where to export (default: WORKDIR/export).")
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.json, vocabularies, "
+                    "the ranking head and the index; rerun with the same one to resume.")
+flags.DEFINE_string("export_dir", None, "Where to export the serving artifacts (default: "
+                    "WORKDIR/export).")
 flags.DEFINE_string("sample_user_id", None, "User for the sample recommendation "
                     "(default: the first user of the test split).")
-flags.DEFINE_bool("rank", True, "Train the ranking head (stage 2).")
+flags.DEFINE_bool("rank", True, "Train the ranking head (stage 2) and export it for "
+                  "re-ranking; --norank: retrieval only.")
 flags.mark_flag_as_required("workdir")
 cli_flags.define_config_flags()
+cli_flags.define_ranking_flags()
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
+def main():
+  config = cli_flags.config_from_flags()   # bad flags fail before TensorFlow loads
+  ranking_options = cli_flags.ranking_options_from_flags(inherit=("seed", "progress"))
   from twotower.pipeline import run_pipeline
   output.print_json_result(lambda: run_pipeline(
-      cli_flags.config_from_flags(), FLAGS.workdir, export_dir=FLAGS.export_dir,
-      sample_user_id=FLAGS.sample_user_id, rank=FLAGS.rank))
+      config, FLAGS.workdir, export_dir=FLAGS.export_dir,
+      sample_user_id=FLAGS.sample_user_id, rank=FLAGS.rank,
+      ranking_options=ranking_options))
 
 
 def run():
-  app.run(main)
+  errors.run_job("twotower-pipeline", main)
 
 
 if __name__ == "__main__":

@@ -1,49 +1,31 @@
-"""twotower-rank: train the ranking head on a trained retrieval run (rerun to resume)."""
+"""twotower-rank: train the ranking head on a trained retrieval run (rerun to resume).
+
+Its options are ``--ranking_<field>`` flags, as on twotower-pipeline; the unprefixed names
+(``--npratio``) are aliases, so older flagfiles keep working.
+"""
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
-import dataclasses
+from absl import flags
 
-from absl import app, flags
-
+from twotower.cli import errors
 from twotower.cli import flags as cli_flags
 from twotower.cli import output
-from twotower.model.ranking import RankingConfig
 
-flags.DEFINE_string("workdir", None, "Run directory written by twotower-train.")
+flags.DEFINE_string("workdir", None, "Run directory of a finished twotower-train; the head "
+                    "is written to WORKDIR/ranking (rerun to resume).")
 flags.mark_flag_as_required("workdir")
-
-_HELP = {
-    "num_candidates": "Retrieval top-N per query: negatives are mined from it and it is "
-                      "what the head re-ranks.",
-    "npratio": "Negatives per positive in training and held-out impressions.",
-    "random_negative_fraction": "Share of the negatives drawn uniformly from the corpus "
-                                "instead of the retrieval top-N.",
-    "loss": "softmax (listwise over 1 + npratio) or bce (pointwise).",
-    "rating_threshold": "With ratings: an interaction is positive iff rating >= this.",
-    "early_stopping_metric": "Validation metric for best epoch / early stopping, e.g. "
-                             "two_stage_ndcg@10, gauc, auc, ndcg@10.",
-    "id_dropout": "Share of user ids replaced by OOV in training; -1: the retrieval run's.",
-}
-
-
-cli_flags.define_dataclass_flags(RankingConfig, _HELP, "ranking")
+cli_flags.define_ranking_flags(alias_unprefixed=True)
 FLAGS = flags.FLAGS
 
 
-def options_from_flags() -> dict:
-  return {field.name: cli_flags.field_value(field)
-          for field in dataclasses.fields(RankingConfig)}
-
-
-def main(argv):
-  del argv
-  from twotower.train import ranking
-  output.print_json_result(
-      lambda: ranking.train_ranking(FLAGS.workdir, **options_from_flags())["final"])
+def main():
+  options = cli_flags.ranking_options_from_flags()   # bad flags fail before TensorFlow loads
+  from twotower.jobs.train_ranking import train_ranking
+  output.print_json_result(lambda: train_ranking(FLAGS.workdir, **options)["final"])
 
 
 def run():
-  app.run(main)
+  errors.run_job("twotower-rank", main)
 
 
 if __name__ == "__main__":

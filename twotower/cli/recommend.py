@@ -5,6 +5,8 @@ import json
 
 from absl import app, flags
 
+from twotower.cli import errors
+
 flags.DEFINE_string("export_dir", None, "An export written by twotower-export.")
 flags.DEFINE_string("user_id", None, "The user's id as in the input files.")
 flags.DEFINE_integer("k", 10, "Number of recommendations.")
@@ -18,8 +20,7 @@ flags.mark_flags_as_required(["export_dir", "user_id"])
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
+def main():
   from twotower.serving import Recommender
   user = {"user_id": FLAGS.user_id}
   if FLAGS.history is not None:
@@ -38,7 +39,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  errors.run_job("twotower-recommend", main)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,28 @@
 """twotower-train: train the retrieval model (rerun the same command to resume)."""
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 
-from absl import app, flags
+from absl import flags
+
+from twotower.cli import errors
 
 from twotower.cli import flags as cli_flags
 from twotower.cli import output
 
-flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, vocab...).")
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.json, "
+                    "vocabularies, config.json; rerun with the same one to resume.")
 flags.mark_flag_as_required("workdir")
 cli_flags.define_config_flags()
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-  del argv
-  from twotower.train import loop
-  output.print_json_result(
-      lambda: loop.train(cli_flags.config_from_flags(), FLAGS.workdir)["final"])
+def main():
+  config = cli_flags.config_from_flags()   # bad flags fail before TensorFlow loads
+  from twotower.jobs import train as train_job
+  output.print_json_result(lambda: train_job.train(config, FLAGS.workdir)["final"])
 
 
 def run():
-  app.run(main)
+  errors.run_job("twotower-train", main)
 
 
 if __name__ == "__main__":

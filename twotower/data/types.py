@@ -10,8 +10,10 @@ from typing import Optional
 
 import numpy as np
 
+from twotower.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
   """Bad input data, located by file, line and field so that a user can fix it."""
 
   def __init__(self, message: str, *, path: Optional[str] = None,
