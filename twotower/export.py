@@ -44,15 +44,11 @@ from twotower import fileio
 from twotower import index as index_lib
 from twotower import topk
 from twotower.data import types
-from twotower.data.histories import latest_histories
 from twotower.data.features import SEPARATORS
+from twotower.data.histories import latest_histories
 from twotower.data.vocab import PAD, Vocabulary
+from twotower.export_layout import FORMAT, INDEX_DIR, MANIFEST, QUERY_MODEL, USER_DEFAULTS
 
-QUERY_MODEL = "query_model"
-INDEX_DIR = "index"
-USER_DEFAULTS = "user_defaults.npz"
-MANIFEST = "manifest.json"
-FORMAT = 1
 SCANN_NAMESPACE = "Scann"
 _PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas",
              "absl-py")

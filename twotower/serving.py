@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from twotower import export as export_lib
+from twotower import export_layout
 from twotower import fileio
 from twotower import index as index_lib
 from twotower.data import types
@@ -46,7 +46,7 @@ def _verify_export(export_dir: str, verify: bool) -> dict:
   if not os.path.isdir(export_dir):
     raise FileNotFoundError(f"{export_dir} is not an export directory: create one with "
                             f"twotower-export --workdir=... --export_dir={export_dir}")
-  path = os.path.join(export_dir, export_lib.MANIFEST)
+  path = os.path.join(export_dir, export_layout.MANIFEST)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} is missing: {export_dir} is not a complete export; "
                             f"{_FIX}")
@@ -55,9 +55,9 @@ def _verify_export(export_dir: str, verify: bool) -> dict:
     files = {rel: entry["sha256"] for rel, entry in manifest["files"].items()}
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise IntegrityError(f"{path} is corrupted ({e!r}); {_FIX}") from None
-  if manifest.get("format") != export_lib.FORMAT or "history_length" not in manifest:
+  if manifest.get("format") != export_layout.FORMAT or "history_length" not in manifest:
     raise IntegrityError(f"{path}: unsupported export format {manifest.get('format')!r}")
-  _refuse_unlisted(export_dir, set(files) | {export_lib.MANIFEST})
+  _refuse_unlisted(export_dir, set(files) | {export_layout.MANIFEST})
   if verify:
     fileio.verify_files(export_dir, files, "export", _FIX)
   else:
@@ -143,16 +143,16 @@ class Recommender:
       raise IntegrityError(f"export {export_dir}: the index does not match the manifest "
                            f"(fingerprint or kind differ); {_FIX}")
     try:
-      with np.load(os.path.join(export_dir, export_lib.USER_DEFAULTS),
+      with np.load(os.path.join(export_dir, export_layout.USER_DEFAULTS),
                    allow_pickle=False) as npz:
         defaults = {key: npz[key] for key in npz.files}
     except (ValueError, OSError) as e:
-      raise IntegrityError(f"export {export_dir}: {export_lib.USER_DEFAULTS} is unreadable "
+      raise IntegrityError(f"export {export_dir}: {export_layout.USER_DEFAULTS} is unreadable "
                            f"({e}); {_FIX}") from None
     import tensorflow as tf
     import scann  # noqa: F401  (registers the Scann>* TF ops the SavedModel uses)
     try:
-      query_model = tf.saved_model.load(os.path.join(export_dir, export_lib.QUERY_MODEL))
+      query_model = tf.saved_model.load(os.path.join(export_dir, export_layout.QUERY_MODEL))
     except Exception as e:  # pylint: disable=broad-except
       raise IntegrityError(f"export {export_dir}: the query SavedModel does not load "
                            f"({type(e).__name__}: {str(e)[:300]}); {_FIX}") from e
