@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from twotower import metrics as metrics_lib
 from twotower import topk
 from twotower.data.itemsets import ItemSets
 
@@ -146,8 +147,7 @@ class _UserMetrics:
 
   def __init__(self, ks: tuple[int, ...], depth: int, num_users: int):
     self.ks, self.depth = ks, depth
-    self.discount = 1.0 / np.log2(np.arange(depth) + 2.0)
-    self.ideal = np.cumsum(self.discount)   # ideal DCG of the first n hits, at n - 1
+    self.cutoffs = metrics_lib.Cutoffs(ks, depth)
     self.values = np.zeros((num_users, 3 * len(ks) + 1))   # recall, ndcg, hit per K; RR
 
   def add(self, start: int, scores: np.ndarray | tf.Tensor, top: np.ndarray, keys: np.ndarray,
@@ -155,22 +155,14 @@ class _UserMetrics:
     """One chunk: top item indices [c, depth], targets as sorted local keys row * N + item."""
     rows = len(top)
     out = self.values[start:start + rows]
-    top_keys = np.arange(rows, dtype=np.int64)[:, None] * num_items + top
-    found = np.minimum(np.searchsorted(keys, top_keys), len(keys) - 1)
-    hits = (keys[found] == top_keys) & (top < num_items)   # padding columns are no items
+    hits = metrics_lib.hit_matrix(top, keys, num_items)   # padding columns are no items
     num_targets = np.bincount(keys // num_items, minlength=rows)
-    cum_hits = np.cumsum(hits, axis=1)
-    cum_dcg = np.cumsum(hits * self.discount, axis=1)
-    for i, k in enumerate(self.ks):
-      at = min(k, self.depth) - 1
-      ideal_hits = np.minimum(k, num_targets)
-      out[:, 3 * i] = cum_hits[:, at] / ideal_hits
-      out[:, 3 * i + 1] = cum_dcg[:, at] / self.ideal[ideal_hits - 1]
-      out[:, 3 * i + 2] = cum_hits[:, at] > 0
+    for i, (_, recall, ndcg, hit) in enumerate(self.cutoffs.per_row(hits, num_targets)):
+      out[:, 3 * i], out[:, 3 * i + 1], out[:, 3 * i + 2] = recall, ndcg, hit
     # MRR: a target in the top k ranks where it was found; for the others, count the items
     # ahead of the best target over the whole corpus.
     found_any = hits.any(axis=1)
-    out[found_any, -1] = 1.0 / (np.argmax(hits[found_any], axis=1) + 1)
+    out[:, -1] = metrics_lib.reciprocal_ranks(hits)
     missed = np.flatnonzero(~found_any)
     if len(missed):
       best, best_item = _best_targets(scores, keys, missed, num_items)

@@ -10,13 +10,16 @@ scores: a tied positive/negative pair counts 1/2 in AUC (Mann-Whitney), and a ru
 items occupying ranks a..b gets the mean of 1/r (MRR) or of the rank discount (NDCG) over
 a..b (McSherry & Najork, 2008). The per-group definitions follow the MIND benchmark's
 evaluation (the NRMS line of work): MRR averages 1/rank over a group's positives; NDCG@k
-uses gains equal to the labels and discounts 1/log2(rank + 1).
+uses gains equal to the labels and the discounts 1/log2(rank + 1) of ``twotower.metrics``,
+whose binary ranked-list NDCG it equals when labels are 0/1 and scores untied.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+
+from twotower import metrics
 
 
 def _sorted_layout(labels, scores, groups):
@@ -113,8 +116,8 @@ def _group_ndcg(y, g, first, last, sizes, k: int):
   if k <= 0:
     raise ValueError(f"k must be positive, got {k}")
   max_size = int(sizes.max()) if len(sizes) else 0
-  ranks = np.arange(1, max_size + 1)
-  discount = np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+  # The ranked-list discount (twotower.metrics), 0 past the cutoff.
+  discount = np.where(np.arange(1, max_size + 1) <= k, metrics.discounts(max_size), 0.0)
   prefix = _prefix(discount)
   num_groups = len(sizes)
   dcg = np.bincount(g, weights=y * _span_mean(prefix, first, last), minlength=num_groups)
