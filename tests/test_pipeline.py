@@ -45,7 +45,8 @@ def test_ranking_head_does_not_lose_to_the_retrieval_order(ml100k_pipeline):
 
 def test_export_serves_two_stage_and_retrieval_only(ml100k_pipeline):
   workdir, summary = ml100k_pipeline
-  sample = summary["sample"]["recommendations"]
+  sample = [(r["item_id"], r["score"]) for r in summary["sample"]["recommendations"]]
+  assert all(r["features"]["movie_title"] for r in summary["sample"]["recommendations"])
   assert len(sample) == 10 and len({item for item, _ in sample}) == 10
   export_dir = summary["export_dir"]
   assert os.path.isdir(os.path.join(export_dir, "ranking_model"))

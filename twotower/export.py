@@ -13,6 +13,9 @@ Layout of ``export_dir`` (pinned in DESIGN.md):
   item_embeddings.npy   corpus embeddings, corpus order; item_ids.txt: their ids
   index.json            kind, tuned parameters, fingerprint, sha256 of the index files
   user_defaults.npz     per known user: latest features and last L items (unicode, no pickle)
+  item_features.jsonl   the item table's raw strings, one JSON object per corpus item in
+                        corpus order ({"item_id": ..., column: value or null}); absent when
+                        the run had no item table
   manifest.json         package versions, config, signatures, sha256 of every file
 
 Strings become ids in-graph with hash tables built from the training vocabularies, in
@@ -37,6 +40,7 @@ import shutil
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import pandas as pd
 from absl import logging
 
 import twotower
@@ -47,7 +51,8 @@ from twotower.data import types
 from twotower.data.features import SEPARATORS
 from twotower.data.histories import latest_histories
 from twotower.data.vocab import PAD, Vocabulary
-from twotower.export_layout import FORMAT, INDEX_DIR, MANIFEST, QUERY_MODEL, USER_DEFAULTS
+from twotower.export_layout import (FORMAT, INDEX_DIR, ITEM_FEATURES, MANIFEST, QUERY_MODEL,
+                                    USER_DEFAULTS)
 
 SCANN_NAMESPACE = "Scann"
 _PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas",
@@ -235,6 +240,28 @@ def user_defaults(data, history_length: int) -> dict:
   return out
 
 
+def write_item_features(path: str, item_ids: np.ndarray,
+                        table: Optional[types.Table]) -> Optional[list[str]]:
+  """Writes each corpus item's raw item-table strings (as in the item file, not the
+  tokenised ids the towers read), so that a recommendation can say what it is; null for an
+  item the table has no row for. Returns the columns, or None (nothing written) when the
+  run has no item table."""
+  if table is None:
+    return None
+  columns = [name for name in table.columns if name != "item_id"]
+  rows = pd.Index(np.asarray(table.columns["item_id"], dtype=object)).get_indexer(
+      np.asarray(item_ids, dtype=object))
+  values = [np.asarray(table.columns[name], dtype=object) for name in columns]
+  lines = []
+  for item, row in zip(item_ids, rows):
+    entry = {"item_id": str(item)}
+    entry.update((name, None if row < 0 else str(column[row]))
+                 for name, column in zip(columns, values))
+    lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+  fileio.atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+  return columns
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -297,6 +324,8 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
   with fileio.atomic_directory(export_dir) as tmp:
     index_meta = _copy_index(wd.index, tmp)
     np.savez(os.path.join(tmp, USER_DEFAULTS), **defaults)
+    item_columns = write_item_features(os.path.join(tmp, ITEM_FEATURES),
+                                       run.data.item_vocab.tokens, run.item_table)
     _save_query_model(run, index, index_meta, os.path.join(tmp, INDEX_DIR),
                       os.path.join(tmp, QUERY_MODEL), history_length, defaults,
                       check_rows, expected)
@@ -315,6 +344,8 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
                                              "fingerprint", "params", "searcher_dir")},
         "history_length": history_length,
         "user_features": [s.describe() for s in run.data.user_features.specs],
+        "item_features": ({"path": ITEM_FEATURES, "columns": item_columns}
+                          if item_columns is not None else None),
         "query_model": {
             "path": QUERY_MODEL,
             "requires": (["tensorflow", "scann"] if index.kind == index_lib.SCANN

@@ -34,10 +34,20 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
   summary["export_dir"] = export_dir
   recommender = serving.Recommender.load(export_dir)
   user_id = sample_user_id or _sample_user(workdir)
-  summary["sample"] = {"user_id": user_id,
-                       "recommendations": recommender.recommend({"user_id": user_id}, k=10)}
+  summary["sample"] = sample_recommendations(recommender, user_id)
   logging.info("sample recommendations for user %s: %s", user_id, summary["sample"])
   return summary
+
+
+def sample_recommendations(recommender, user_id: str, k: int = 10) -> dict:
+  """One user's top-k as {"item_id", "score"} dicts, with the item's title under
+  "features" when the item table has a title-like column, so a person can judge them."""
+  title = recommender.title_column
+  recs = recommender.recommend({"user_id": user_id}, k=k,
+                               with_features=[title] if title else False)
+  if not title:
+    recs = [{"item_id": item, "score": score} for item, score in recs]
+  return {"user_id": user_id, "recommendations": recs}
 
 
 def _sample_user(workdir: str) -> str:

@@ -13,6 +13,15 @@ last L items of the whole log); unknown users and ids fall back to OOV buckets, 
 history items are dropped, only the L most recent known history items count. Bad requests
 (not a dict, unknown field names, wrong types) raise ValueError naming the field.
 
+With ``with_features`` a recommendation also says what the item is: the raw strings of the
+export's item table (``item_features.jsonl``, the item file's columns as given, e.g.
+MovieLens' ``movie_title``)::
+
+  rec.recommend({"user_id": "196"}, k=3, with_features=["title"])
+  # [{"item_id": "50", "score": 4.2, "features": {"movie_title": "Star Wars"}}, ...]
+
+and ``user_history`` lists the items a query is built from, newest first, the same way.
+
 Embedding runs the exported ``embed`` signature (the same graph TF Serving would run);
 candidates come from the pybind ScaNN searcher (``search_batched``), asked for k plus the
 number of excluded items so that exclusions are removed before the cut; a row that still
@@ -21,9 +30,10 @@ Recommender serves many threads.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -38,8 +48,16 @@ from twotower.data.itemsets import ItemSets
 IntegrityError = index_lib.IntegrityError
 # (users, candidate item ids per user) -> a score per candidate, higher is better.
 Reranker = Callable[[list, list], Sequence[Sequence[float]]]
+# recommend()'s with_features: False (bare (id, score) pairs), True (every item column), or
+# column names / aliases.
+WithFeatures = Union[bool, str, Sequence[str], None]
 
 _FIX = "re-export it with twotower-export"
+# What a person would call an item table's title / genres column, in order of preference:
+# the aliases ``title`` and ``genres`` find the first of these an export has.
+TITLE_COLUMNS = ("title", "movie_title", "name", "item_name", "book_title", "product_title")
+GENRE_COLUMNS = ("genres", "genre", "class", "categories", "category")
+COLUMN_ALIASES = {"title": TITLE_COLUMNS, "genres": GENRE_COLUMNS, "genre": GENRE_COLUMNS}
 
 
 def _verify_export(export_dir: str, verify: bool) -> dict:
@@ -84,6 +102,29 @@ def _refuse_unlisted(export_dir: str, listed: set) -> None:
         raise IntegrityError(f"export: {path} is not listed in the manifest; {_FIX}")
 
 
+def _load_item_features(export_dir: str, manifest: dict,
+                        item_ids: np.ndarray) -> Optional[dict]:
+  """Column -> raw strings in corpus order, from the export's item table (None without
+  one). One JSON parse of the whole file keeps loading fast."""
+  entry = manifest.get("item_features")
+  if not entry:
+    return None
+  try:
+    path = fileio.resolve_inside(export_dir, entry["path"])
+    with open(path, encoding="utf-8") as f:
+      rows = json.loads("[" + ",".join(line for line in f if line.strip()) + "]")
+    ids = np.array([row["item_id"] for row in rows], dtype=object)
+    columns = {name: np.array([row[name] for row in rows], dtype=object)
+               for name in entry["columns"]}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise IntegrityError(f"export {export_dir}: its item feature table is unreadable "
+                         f"({type(e).__name__}: {e}); {_FIX}") from None
+  if not np.array_equal(ids, item_ids):
+    raise IntegrityError(f"export {export_dir}: {entry['path']} does not list the index's "
+                         f"items in corpus order; {_FIX}")
+  return columns
+
+
 def _as_token(value, field: str) -> str:
   """A raw id or categorical value: a string, or an int (file values are strings)."""
   if isinstance(value, str):
@@ -107,7 +148,8 @@ class Recommender:
 
   def __init__(self, *, query_model, index: index_lib.Index, item_ids: np.ndarray,
                defaults: Mapping[str, np.ndarray], manifest: dict,
-               reranker: Optional[Reranker] = None, rerank_candidates: int = 100):
+               reranker: Optional[Reranker] = None, rerank_candidates: int = 100,
+               item_features: Optional[Mapping[str, np.ndarray]] = None):
     self.query_model = query_model
     self.index = index
     self.manifest = manifest
@@ -124,6 +166,9 @@ class Recommender:
       raise ValueError(f"rerank_candidates must be positive, got {rerank_candidates}")
     self.reranker = reranker
     self.rerank_candidates = int(rerank_candidates)
+    # Item table column -> raw strings in corpus order (None: the export has no item table).
+    self.item_features = None if item_features is None else {
+        name: np.asarray(values, dtype=object) for name, values in item_features.items()}
 
   @classmethod
   def load(cls, export_dir: str, *, reranker: Optional[Reranker] = None,
@@ -167,7 +212,8 @@ class Recommender:
                              f"({type(e).__name__}: {str(e)[:300]}); {_FIX}") from e
     rec = cls(query_model=query_model, index=index, item_ids=index.item_ids,
               defaults=defaults, manifest=manifest, reranker=reranker,
-              rerank_candidates=rerank_candidates)
+              rerank_candidates=rerank_candidates,
+              item_features=_load_item_features(export_dir, manifest, index.item_ids))
     rec._warm_up()
     return rec
 
@@ -237,18 +283,106 @@ class Recommender:
       raise ValueError("users must be a list of user dicts (use recommend() for one user)")
     return list(users)
 
+  # ------------------------------------------------------------------ item features
+
+  @property
+  def item_columns(self) -> tuple:
+    """The export's item table columns (as in the item file, item_id aside)."""
+    return tuple(self.item_features or ())
+
+  @property
+  def title_column(self) -> Optional[str]:
+    """The item table's title-like column (see TITLE_COLUMNS), or None."""
+    return self._find_column(TITLE_COLUMNS)
+
+  def _find_column(self, candidates: Sequence[str]) -> Optional[str]:
+    by_lower = {name.lower(): name for name in reversed(self.item_columns)}
+    return next((by_lower[c] for c in candidates if c in by_lower), None)
+
+  def resolve_item_columns(self, columns: WithFeatures = True) -> list[str]:
+    """Item table columns named by ``with_features``: True for all, else names as in the
+    item file or an alias of COLUMN_ALIASES ('title', 'genres'); an unknown name is a
+    ValueError that lists the available columns."""
+    if columns is True:
+      return list(self.item_columns)
+    if isinstance(columns, str):
+      columns = [columns]
+    if not isinstance(columns, Iterable) or isinstance(columns, Mapping):
+      raise ValueError(f"with_features must be True or item column names, got {columns!r}")
+    out = []
+    for name in columns:
+      if not isinstance(name, str):
+        raise ValueError(f"item column names must be strings, got {name!r}")
+      real = name if name in self.item_columns else self._find_column(
+          COLUMN_ALIASES.get(name.lower(), (name.lower(),)))
+      if real is None:
+        raise ValueError(f"unknown item feature column {name!r}; {self._available_columns()}")
+      if real not in out:
+        out.append(real)
+    return out
+
+  def _available_columns(self) -> str:
+    if self.item_features is None:
+      return ("this export has no item table (its run had no item features file, or it was "
+              f"exported before item tables were kept: {_FIX})")
+    aliases = [f"{alias} -> {self._find_column(names)}" for alias, names in
+               COLUMN_ALIASES.items() if self._find_column(names)]
+    return (f"the item table has {', '.join(self.item_columns) or 'no columns'}"
+            + (f" (aliases: {', '.join(aliases)})" if aliases else ""))
+
+  def describe_items(self, item_ids: Iterable, columns: WithFeatures = True) -> list[dict]:
+    """Per item id, {column: raw value as in the item file} (None for an item the table
+    has no row for, or an id the export does not know)."""
+    return self._describe([_as_token(i, "item id") for i in _as_list(item_ids, "item_ids")],
+                          self.resolve_item_columns(columns))
+
+  def _describe(self, item_ids: list, columns: list[str]) -> list[dict]:
+    rows = self._item_index.get_indexer(item_ids) if item_ids else np.zeros(0, np.int64)
+    return [{name: (self.item_features[name][r] if r >= 0 else None) for name in columns}
+            for r in rows]
+
+  def _feature_columns(self, with_features: WithFeatures) -> Optional[list[str]]:
+    """None for bare results, else the resolved columns (checked before any work)."""
+    if with_features is None or with_features is False:
+      return None
+    return self.resolve_item_columns(with_features)
+
+  def is_known_user(self, user_id) -> bool:
+    """Whether the export holds this user's defaults (latest features and history)."""
+    return bool(self._user_index.get_indexer([_as_token(user_id, "user_id")])[0] >= 0)
+
+  def user_history(self, user, with_features: WithFeatures = False) -> list:
+    """The history a request's query is built from, NEWEST FIRST: the request's own
+    'history', or for a known user the export's stored latest L items (user_defaults.npz);
+    known items only, at most L. ``user`` is a user id or a request dict; an unknown user
+    without a 'history' has none. Item ids, or with ``with_features`` (as in recommend)
+    {"item_id", "features"} dicts."""
+    columns = self._feature_columns(with_features)
+    request = user if isinstance(user, Mapping) else {"user_id": _as_token(user, "user_id")}
+    history = self.normalize(request)["history"][::-1]
+    if columns is None:
+      return history
+    return [{"item_id": item, "features": features}
+            for item, features in zip(history, self._describe(history, columns))]
+
   # ------------------------------------------------------------------ recommend
 
-  def recommend(self, user: Mapping, k: int = 10,
-                exclude_items: Iterable = ()) -> list[tuple[str, float]]:
+  def recommend(self, user: Mapping, k: int = 10, exclude_items: Iterable = (),
+                with_features: WithFeatures = False) -> list:
     """The top-k (item_id, score) for one user, best first, excluded items removed before
-    the cut (k results whenever the corpus has k non-excluded items)."""
-    return self.recommend_batch([user], k, [exclude_items])[0]
+    the cut (k results whenever the corpus has k non-excluded items).
+
+    ``with_features``: True (every item table column), or column names as in the item file
+    (aliases: 'title', 'genres'), returns {"item_id", "score", "features": {column: raw
+    value}} dicts instead of pairs; an unknown column is a ValueError listing the columns.
+    """
+    return self.recommend_batch([user], k, [exclude_items], with_features=with_features)[0]
 
   def recommend_batch(self, users: Sequence[Mapping], k: int = 10,
-                      exclude_items: Optional[Sequence[Iterable]] = None
-                      ) -> list[list[tuple[str, float]]]:
+                      exclude_items: Optional[Sequence[Iterable]] = None,
+                      with_features: WithFeatures = False) -> list[list]:
     """recommend() for many users at once (one embedding call, one batched search)."""
+    columns = self._feature_columns(with_features)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
       raise ValueError(f"k must be a non-negative integer, got {k!r}")
     users = self._as_users(users)
@@ -269,9 +403,16 @@ class Recommender:
     depth = max(k, self.rerank_candidates) if self.reranker else k
     rows, scores = self._retrieve(queries, depth, excluded)
     if self.reranker is not None:
-      return self._rerank(normalized, rows, k)
-    return [[(self.item_ids[r], float(s)) for r, s in zip(rr[:k], ss[:k])]
-            for rr, ss in zip(rows, scores)]
+      recs = self._rerank(normalized, rows, k)
+    else:
+      recs = [[(self.item_ids[r], float(s)) for r, s in zip(rr[:k], ss[:k])]
+              for rr, ss in zip(rows, scores)]
+    return recs if columns is None else [self._readable(r, columns) for r in recs]
+
+  def _readable(self, recs: list, columns: list[str]) -> list[dict]:
+    features = self._describe([item for item, _ in recs], columns)
+    return [{"item_id": item, "score": score, "features": f}
+            for (item, score), f in zip(recs, features)]
 
   def _rows(self, items) -> np.ndarray:
     items = [_as_token(i, "excluded item") for i in _as_list(items, "exclude_items entry")]
@@ -359,8 +500,15 @@ class LiveRecommender:
       previous, self._current = self._current, fresh
     return previous
 
-  def recommend(self, user: Mapping, k: int = 10, exclude_items: Iterable = ()):
-    return self._current.recommend(user, k=k, exclude_items=exclude_items)
+  def recommend(self, user: Mapping, k: int = 10, exclude_items: Iterable = (),
+                with_features: WithFeatures = False):
+    return self._current.recommend(user, k=k, exclude_items=exclude_items,
+                                   with_features=with_features)
 
-  def recommend_batch(self, users: Sequence[Mapping], k: int = 10, exclude_items=None):
-    return self._current.recommend_batch(users, k=k, exclude_items=exclude_items)
+  def recommend_batch(self, users: Sequence[Mapping], k: int = 10, exclude_items=None,
+                      with_features: WithFeatures = False):
+    return self._current.recommend_batch(users, k=k, exclude_items=exclude_items,
+                                         with_features=with_features)
+
+  def user_history(self, user, with_features: WithFeatures = False):
+    return self._current.user_history(user, with_features=with_features)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Optional
 
 import numpy as np
 import tf_keras
 
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
+from twotower.data import types
 from twotower.data.vocab import Vocabulary
 
 
@@ -40,6 +42,7 @@ class TrainedRun:
   config: Config
   data: prepare_lib.PreparedData
   model: object   # TwoTowerModel with the best epoch's weights
+  item_table: Optional[types.Table] = None   # the raw item side table (export keeps it)
 
 
 def load_trained(workdir: str) -> TrainedRun:
@@ -53,7 +56,8 @@ def load_trained(workdir: str) -> TrainedRun:
           f"{path} not found: {workdir} holds no finished training run; run "
           f"twotower-train --workdir={workdir} first")
   config = Config.load(wd.config)
-  data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  raw = prepare_lib.load_raw(config.data)
+  data = prepare_lib.prepare(raw, config.data)
   for name, vocab in (("user_id", data.user_vocab), ("item_id", data.item_vocab)):
     saved = Vocabulary.load(wd.path("vocab", f"{name}.txt"))
     if not np.array_equal(saved.tokens, vocab.tokens):
@@ -63,4 +67,4 @@ def load_trained(workdir: str) -> TrainedRun:
   tf_keras.utils.set_random_seed(config.train.seed)
   model = retrieval.build_retrieval_model(data, config)
   tf.train.Checkpoint(model=model).read(wd.best).expect_partial()
-  return TrainedRun(config, data, model)
+  return TrainedRun(config, data, model, raw.item_features)
