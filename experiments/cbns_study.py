@@ -32,7 +32,7 @@ from absl import app, flags
 
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
-from twotower.train import loop
+from twotower.jobs import train as train_job
 
 import peak_memory
 
@@ -137,7 +137,7 @@ def run_variant(data, v: Variant) -> dict:
   before = peak_memory.status_bytes("VmRSS")
   with tempfile.TemporaryDirectory() as workdir:
     started = time.perf_counter()
-    log = loop.train(config, workdir, data)
+    log = train_job.train(config, workdir, data)
     wall = time.perf_counter() - started
   peak = peak_memory.peak_rss_bytes() - before
   epochs = log["epochs"]

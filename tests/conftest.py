@@ -39,10 +39,10 @@ def tiny_scann_export(tmp_path_factory):
   tamper with it work on copies."""
   from twotower import export as export_lib
   from twotower.jobs import index as index_job
-  from twotower.train import loop
+  from twotower.jobs import train as train_job
   root = tmp_path_factory.mktemp("tiny_export")
   workdir = str(root / "workdir")
   os.makedirs(workdir)
-  loop.train(tiny_config(), workdir)
+  train_job.train(tiny_config(), workdir)
   index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=50)
   return export_lib.export(workdir, str(root / "export"))

@@ -166,7 +166,7 @@ def run_check(strategy, frequency):
 def run_trainer(workdir):
   """The full training loop (checkpoints, drift warm-up, validation) without and with
   --distribution=mirrored, on a global batch that two replicas split unevenly (17 + 16)."""
-  from twotower.train import loop   # pylint: disable=import-outside-toplevel
+  from twotower.jobs import train as train_job   # pylint: disable=import-outside-toplevel
   report = {}
   for distribution in ("none", "mirrored"):
     config = _config("streaming")
@@ -176,7 +176,7 @@ def run_trainer(workdir):
     config.train.distribution = distribution
     config.train.drift_every_steps = 5
     config.loss.queue_warmup_drift = 1e6    # on at the first drift measured
-    log = loop.train(config, os.path.join(workdir, distribution), _data(config))
+    log = train_job.train(config, os.path.join(workdir, distribution), _data(config))
     report[distribution] = {"final": log["final"], "losses": [e["loss"] for e in log["epochs"]],
                             "queue_enabled_at_step": log.get("queue_enabled_at_step")}
   return report

@@ -317,59 +317,59 @@ BAD_FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def loop():
-  from twotower.train import loop as loop_lib   # imports TensorFlow: only for these tests
-  return loop_lib
+def train_job():
+  from twotower.jobs import train as train_job   # imports TensorFlow: only for these tests
+  return train_job
 
 
-def test_default_flags_are_valid(loop):
-  loop.validate_config(Config())
+def test_default_flags_are_valid():
+  Config().validate()
 
 
 @pytest.mark.parametrize("section,field,value,flag", BAD_FLAGS,
                          ids=[f"{f}={v}" for _, f, v, _ in BAD_FLAGS])
-def test_bad_flag_is_rejected_naming_it(loop, section, field, value, flag):
+def test_bad_flag_is_rejected_naming_it(section, field, value, flag):
   config = Config()
   setattr(getattr(config, section), field, value)
   if field == "queue_size" and value == 100:
     config.train.batch_size = 128
   with pytest.raises(ValueError, match=flag):
-    loop.validate_config(config)
+    config.validate()
 
 
 @pytest.mark.parametrize("field,value", [("frequency_hashes", 0), ("frequency_hashes", 6),
                                          ("frequency_buckets", -1),
                                          ("frequency_learning_rate", 0.0)])
-def test_streaming_frequency_flags_are_checked_when_used(loop, field, value):
+def test_streaming_frequency_flags_are_checked_when_used(field, value):
   config = Config()
   setattr(config.loss, field, value)
-  loop.validate_config(config)   # ignored with --frequency=static
+  config.validate()   # ignored with --frequency=static
   config.loss.frequency = "streaming"
   with pytest.raises(ValueError, match=f"--{field}"):
-    loop.validate_config(config)
+    config.validate()
 
 
-def test_queue_equal_to_batch_and_auto_or_off_are_valid(loop):
+def test_queue_equal_to_batch_and_auto_or_off_are_valid():
   config = Config()
   for queue_size in (-1, 0, config.train.batch_size):
     config.loss.queue_size = queue_size
-    loop.validate_config(config)
+    config.validate()
 
 
-def test_query_memory_without_the_item_queue_is_refused(loop):
+def test_query_memory_without_the_item_queue_is_refused():
   config = Config()
   config.loss.queue_size, config.loss.query_memory_size = 0, 512
   with pytest.raises(ValueError, match="--query_memory_size needs the item queue"):
-    loop.validate_config(config)
+    config.validate()
   config.loss.query_memory_size = -1     # auto: none without a queue
-  loop.validate_config(config)
+  config.validate()
 
 
-def test_flags_are_checked_before_any_data_is_read(loop, tmp_path):
+def test_flags_are_checked_before_any_data_is_read(train_job, tmp_path):
   config = Config()
   config.data.interactions = str(tmp_path / "missing.csv")   # would be a DataError
   config.loss.temperature = -1.0
   with pytest.raises(ValueError, match="--temperature") as excinfo:
-    loop.train(config, str(tmp_path / "workdir"))
+    train_job.train(config, str(tmp_path / "workdir"))
   assert not isinstance(excinfo.value, DataError)
   assert not (tmp_path / "workdir").exists()

@@ -88,11 +88,11 @@ def _config(paths) -> Config:
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
   """(workdir, brute-force export dir, ScaNN export dir)."""
-  from twotower.train import loop
+  from twotower.jobs import train as train_job
   root = tmp_path_factory.mktemp("serving")
   workdir = str(root / "workdir")
   os.makedirs(workdir)
-  loop.train(_config(_write_dataset(str(root))), workdir)
+  train_job.train(_config(_write_dataset(str(root))), workdir)
   bf_report = index_job.build_index(workdir, force_brute_force=True, num_tuning_queries=100)
   bf_dir = export_lib.export(workdir, str(root / "export_bf"))
   scann_report = index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=150)

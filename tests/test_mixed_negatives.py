@@ -70,10 +70,10 @@ def test_loss_scores_mixed_negatives_and_masks_their_accidental_hits():
 
 def test_training_with_mixed_negatives_beats_most_popular(tmp_path):
   from conftest import tiny_config
-  from twotower.train import loop
+  from twotower.jobs import train as train_job
   config = tiny_config()
   config.train.epochs = 3
   config.loss.mixed_negatives = 64
   config.loss.mixed_negatives_distribution = "popularity"
-  final = loop.train(config, str(tmp_path))["final"]
+  final = train_job.train(config, str(tmp_path))["final"]
   assert final["test"]["recall@10"] > final["most_popular_test"]["recall@10"]

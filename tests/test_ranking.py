@@ -16,15 +16,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from twotower.config import Config
+from twotower.config import Config, RankingConfig
 from twotower.data import features as features_lib
+from twotower.data import prepare as prepare_lib
 from twotower.data import splits
 from twotower.data.itemsets import ItemSets
 from twotower.data.pipeline import HISTORY
-from twotower.model import ranking as model_ranking
+from twotower.jobs import train as train_job
+from twotower.jobs.train_ranking import train_ranking
+from twotower.model import ranking_export, ranking_reranker
 from twotower.model.encoding import Encoder
-from twotower.train import loop
-from twotower.train import ranking
+from twotower.train import ranking_eval, ranking_mining, ranking_run
 
 RANKING_OPTIONS = dict(epochs=3, progress=False, num_candidates=50, batch_size=256)
 
@@ -51,14 +53,14 @@ def _retrieval_config() -> Config:
 @pytest.fixture(scope="session")
 def ranked_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ranking_run"))
-  loop.train(_retrieval_config(), workdir)
-  log = ranking.train_ranking(workdir, **RANKING_OPTIONS)
+  train_job.train(_retrieval_config(), workdir)
+  log = train_ranking(workdir, **RANKING_OPTIONS)
   return workdir, log
 
 
 @pytest.fixture(scope="session")
 def trained(ranked_workdir):
-  return model_ranking.load_ranking(ranked_workdir[0])
+  return ranking_run.load_ranking(ranked_workdir[0])
 
 
 def test_head_beats_the_retrieval_order_on_held_out_ndcg(ranked_workdir):
@@ -89,7 +91,7 @@ def test_rerun_resumes_instead_of_retraining(ranked_workdir, tmp_path):
   workdir, log = ranked_workdir
   copy = str(tmp_path / "run")
   shutil.copytree(workdir, copy)
-  again = ranking.train_ranking(copy, **RANKING_OPTIONS)
+  again = train_ranking(copy, **RANKING_OPTIONS)
   assert again["epochs"] == log["epochs"]
   assert again["final"]["steps"] == log["final"]["steps"]
 
@@ -100,7 +102,7 @@ def test_training_examples_and_negatives_obey_their_definitions(trained):
   ev, offset, num_items = data.events, data.item_vocab.offset, data.num_items
   encoder = Encoder(run.model, data)
   corpus = encoder.items()
-  examples = ranking.mine_training_examples(data, encoder, corpus, config,
+  examples = ranking_mining.mine_training_examples(data, encoder, corpus, config,
                                             run.config.data.history_length)
   assert (ev.split[examples.events] == splits.TRAIN).all()
   users = ev.user[examples.events]
@@ -113,7 +115,7 @@ def test_training_examples_and_negatives_obey_their_definitions(trained):
     assert not any((users[r], c) in known for c in cands)
   # Every kept positive would have made its query's top-N.
   assert len(examples.events) < train.sum()
-  negatives = ranking.sample_negatives(examples.candidates, users, examples.known, num_items,
+  negatives = ranking_mining.sample_negatives(examples.candidates, users, examples.known, num_items,
                                        npratio=6, random_fraction=0.5,
                                        rng=np.random.default_rng(0))
   assert negatives.shape == (len(users), 6)
@@ -131,15 +133,15 @@ def test_rating_threshold_makes_low_ratings_negative(trained):
   corpus = encoder.items()
   ev = data.events
   length = run.config.data.history_length
-  bce = model_ranking.RankingConfig(**{**vars(config), "loss": "bce", "rating_threshold": 4.0,
+  bce = RankingConfig(**{**vars(config), "loss": "bce", "rating_threshold": 4.0,
                                        "reachable_only": False})
-  examples = ranking.mine_training_examples(data, encoder, corpus, bce, length)
+  examples = ranking_mining.mine_training_examples(data, encoder, corpus, bce, length)
   np.testing.assert_array_equal(examples.labels, (ev.label[examples.events] >= 4).astype(float))
   assert 0 < examples.labels.mean() < 1
-  softmax = model_ranking.RankingConfig(**{**vars(bce), "loss": "softmax"})
-  examples = ranking.mine_training_examples(data, encoder, corpus, softmax, length)
+  softmax = RankingConfig(**{**vars(bce), "loss": "softmax"})
+  examples = ranking_mining.mine_training_examples(data, encoder, corpus, softmax, length)
   assert (ev.label[examples.events] >= 4).all() and (examples.labels == 1).all()
-  held = ranking.held_out_set(data, encoder, corpus, splits.TEST, bce, length, seed=0)
+  held = ranking_eval.held_out_set(data, encoder, corpus, splits.TEST, bce, length, seed=0)
   pos = held.labels > 0
   assert pos.any() and (~pos).any()
   # Targets of the end-to-end metric are the well-rated held-out items only.
@@ -152,7 +154,7 @@ def test_held_out_impressions(trained):
   run, config, _ = trained
   data = run.data
   encoder = Encoder(run.model, data)
-  held = ranking.held_out_set(data, encoder, encoder.items(), splits.VALID, config,
+  held = ranking_eval.held_out_set(data, encoder, encoder.items(), splits.VALID, config,
                               run.config.data.history_length, seed=0)
   ev, offset = data.events, data.item_vocab.offset
   valid = ev.split == splits.VALID
@@ -174,7 +176,7 @@ def test_held_out_impressions(trained):
 def test_top_k_metrics_by_hand():
   ranked = np.array([[3, 1, 2, -1], [0, 1, 2, 3], [5, 6, 7, 8]])
   targets = ItemSets.from_lists([[1, 9], [7], []])
-  got = ranking.top_k_metrics(ranked, targets, num_items=10, ks=(2, 4))
+  got = ranking_eval.top_k_metrics(ranked, targets, num_items=10, ks=(2, 4))
   # Row 0: hit at rank 2 of 2 targets; row 1: no hit; row 2 has no targets (skipped).
   ndcg2 = (1 / np.log2(3)) / (1 + 1 / np.log2(3))
   assert got["ndcg@2"] == pytest.approx(ndcg2 / 2)
@@ -184,7 +186,7 @@ def test_top_k_metrics_by_hand():
 
 def test_in_graph_tokenizer_matches_training_tokenizer():
   raw = np.array(["a b", " a|b||c  d ", "", "|", "x y z w v", "q | r"], object)
-  got = model_ranking.tokenize_in_graph(tf.constant(raw.astype(str)), 3).numpy()
+  got = ranking_export.tokenize_in_graph(tf.constant(raw.astype(str)), 3).numpy()
   np.testing.assert_array_equal(got.astype(str), features_lib.tokenize(raw, 3).astype(str))
 
 
@@ -207,13 +209,13 @@ def test_saved_model_scores_raw_strings_like_the_model_in_a_fresh_process(traine
                                                                             tmp_path):
   run, config, model = trained
   data = run.data
-  path = model_ranking.export_ranking_model(ranked_workdir[0], str(tmp_path / "export"))
+  path = ranking_run.export_ranking_model(ranked_workdir[0], str(tmp_path / "export"))
   assert os.path.basename(path) == "ranking_model"
   # Three test users with their real history, and two of their candidates each, plus padding.
-  queries = ranking.prepare_lib.eval_queries(data, splits.TEST, run.config.data.history_length)
+  queries = prepare_lib.eval_queries(data, splits.TEST, run.config.data.history_length)
   rows = np.array([0, 1, 2])
   items = np.array([[0, 5, -1], [7, 3, 2], [1, 1, 4]])
-  scorer = ranking.Scorer(model, data)
+  scorer = ranking_eval.Scorer(model, data)
   want = scorer(queries.user[rows], queries.history[rows], items)
   history = data.item_vocab.token(queries.history[rows])
   raw = {"user_id": list(data.user_vocab.token(queries.user[rows])),
@@ -236,7 +238,7 @@ def test_saved_model_scores_raw_strings_like_the_model_in_a_fresh_process(traine
 
   # The adapter: ragged candidate lists, history as a plain list (left-padded or not),
   # unknown users and missing features fall back instead of failing.
-  reranker = model_ranking.SavedModelReranker(str(tmp_path / "export"))
+  reranker = ranking_reranker.SavedModelReranker(str(tmp_path / "export"))
   users = [{"user_id": raw["user_id"][r], HISTORY: [h for h in raw[HISTORY][r] if h],
             **{s.name: raw[s.name][r] for s in data.user_features.specs}} for r in range(3)]
   candidates = [[c for c in row if c] for row in raw["item_ids"]]

@@ -16,6 +16,7 @@ from twotower.config import Config
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.model.encoding import Encoder
+from twotower.jobs import train as train_job
 from twotower.train import loop
 from twotower.train.stability import DivergenceError
 
@@ -46,7 +47,7 @@ def synthetic_data():
 @pytest.fixture(scope="module")
 def clean_run(synthetic_data, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("clean"))
-  return loop.train(small_config(), workdir, synthetic_data), workdir
+  return train_job.train(small_config(), workdir, synthetic_data), workdir
 
 
 def test_synthetic_run_beats_most_popular(clean_run):
@@ -68,17 +69,17 @@ def test_metrics_json_records_every_epoch_and_the_final_split(clean_run):
 
 def test_training_is_deterministic_under_seed(clean_run, synthetic_data, tmp_path):
   config = small_config(train__epochs=1)
-  a = loop.train(config, str(tmp_path / "a"), synthetic_data)["epochs"][0]
-  b = loop.train(config, str(tmp_path / "b"), synthetic_data)["epochs"][0]
+  a = train_job.train(config, str(tmp_path / "a"), synthetic_data)["epochs"][0]
+  b = train_job.train(config, str(tmp_path / "b"), synthetic_data)["epochs"][0]
   assert a["loss"] == b["loss"]
   assert a["valid"] == b["valid"]
 
 
 def test_rerun_resumes_instead_of_restarting(synthetic_data, tmp_path):
   config = small_config(train__epochs=2)
-  first = loop.train(config, str(tmp_path), synthetic_data)
+  first = train_job.train(config, str(tmp_path), synthetic_data)
   config.train.epochs = 3
-  log = loop.train(config, str(tmp_path), synthetic_data)
+  log = train_job.train(config, str(tmp_path), synthetic_data)
   assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2]
   assert log["epochs"][:2] == first["epochs"]          # epochs 0-1 were not trained again
   assert log["final"]["steps"] == log["epochs"][-1]["step"] == 3 * first["epochs"][0]["step"]
@@ -262,25 +263,25 @@ def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
 def test_drift_is_logged_and_switches_the_queue_on(synthetic_data, tmp_path):
   config = small_config(train__epochs=1, train__drift_every_steps=10,
                         loss__queue_warmup_steps=0, loss__queue_warmup_drift=1e6)
-  log = loop.train(config, str(tmp_path / "on"), synthetic_data)
+  log = train_job.train(config, str(tmp_path / "on"), synthetic_data)
   drift = [d["drift"] for d in log["drift"]]
   assert [d["step"] for d in log["drift"]][:2] == [20, 30]   # step 10 only takes the sample
   assert all(0 < d < 2 for d in drift)   # unit vectors move by less than a diameter
   assert log["queue_enabled_at_step"] == 20
   config = small_config(train__epochs=1, train__drift_every_steps=10,
                         loss__queue_warmup_steps=0, loss__queue_warmup_drift=1e-9)
-  log = loop.train(config, str(tmp_path / "off"), synthetic_data)
+  log = train_job.train(config, str(tmp_path / "off"), synthetic_data)
   assert "queue_enabled_at_step" not in log
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(synthetic_data, tmp_path,
                                                                    caplog):
   workdir = str(tmp_path)
-  first = loop.train(small_config(train__epochs=2), workdir, synthetic_data)
+  first = train_job.train(small_config(train__epochs=2), workdir, synthetic_data)
   latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
   with open(latest + ".data-00000-of-00001", "r+b") as f:   # a torn write, say
     f.write(b"\0garbage" * 64)
-  log = loop.train(small_config(train__epochs=3), workdir, synthetic_data)
+  log = train_job.train(small_config(train__epochs=3), workdir, synthetic_data)
   assert "unreadable" in caplog.text and os.path.basename(latest) in caplog.text
   assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2]
   assert log["epochs"][0] == first["epochs"][0]        # epoch 0 was not trained again

@@ -289,11 +289,11 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
   before the manifest, so their files are swapped in atomically and fingerprinted with the
   rest.
   """
-  from twotower.model import ranking as ranking_lib
+  from twotower.train import ranking_run as ranking_lib
   from twotower.model.encoding import Encoder
   from twotower.workdir import Workdir, load_trained
   wd = Workdir(workdir)
-  has_head = os.path.exists(ranking_lib.ranking_paths(workdir)["best"] + ".index")
+  has_head = ranking_lib.has_ranking_head(workdir)
   if include_ranking and not has_head:
     raise FileNotFoundError(f"{workdir} holds no trained ranking head; run twotower-rank "
                             f"--workdir={workdir} first, or export without it")

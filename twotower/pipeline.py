@@ -19,14 +19,14 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
 
   ``ranking_options`` are RankingConfig fields for the ranking stage; its seed and progress
   bar default to the retrieval config's."""
-  from twotower.train import loop
-  metrics = loop.train(config, workdir)
+  from twotower.jobs import train as train_job
+  metrics = train_job.train(config, workdir)
   summary = {"workdir": workdir, "retrieval": metrics["final"]}
   if rank:
-    from twotower.train import ranking
+    from twotower.jobs.train_ranking import train_ranking
     options = {"progress": config.train.progress, "seed": config.train.seed,
                **(ranking_options or {})}
-    summary["ranking"] = ranking.train_ranking(workdir, **options)["final"]
+    summary["ranking"] = train_ranking(workdir, **options)["final"]
   from twotower import export, serving
   from twotower.jobs import index
   summary["index"] = index.build_index(workdir)

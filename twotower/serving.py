@@ -203,7 +203,7 @@ class Recommender:
                            f"({type(e).__name__}: {str(e)[:300]}); {_FIX}") from e
     ranking_entry = manifest.get("ranking_model")
     if reranker is None and rerank and ranking_entry:
-      from twotower.model.ranking import SavedModelReranker
+      from twotower.model.ranking_reranker import SavedModelReranker
       try:
         path = fileio.resolve_inside(export_dir, ranking_entry["path"])
         reranker = SavedModelReranker(path)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-DISTRIBUTIONS = ("uniform", "popularity")
+from twotower.config import MIXED_NEGATIVES_DISTRIBUTIONS
+
+DISTRIBUTIONS = MIXED_NEGATIVES_DISTRIBUTIONS
+
 # Smoothing exponent of popularity sampling (word2vec's unigram^0.75): between uniform (0)
 # and the stream's own distribution (1), which in-batch candidates already cover.
 POPULARITY_POWER = 0.75

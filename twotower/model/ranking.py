@@ -10,14 +10,11 @@ product and the candidate's similarity to each history item; DCN-v2 cross layers
 ``mlp(...) + w * dot`` with w initialised to the retrieval softmax's 1 / temperature, so an
 untrained head already reproduces the retrieval order and training learns the correction.
 
-Also here: the raw-string SavedModel export (``export_ranking_model``) and its serving
-adapter (``SavedModelReranker``), which needs nothing but TensorFlow.
+This module is the model only; its raw-string SavedModel is model/ranking_export.py, the
+serving adapter model/ranking_reranker.py, its training train/ranking.py.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -25,97 +22,15 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
-from twotower.data import types
-from twotower.data.features import SEPARATORS, FeatureSpec
+from twotower.config import RankingConfig
+from twotower.data.features import FeatureSpec
 from twotower.data.pipeline import HISTORY
-from twotower.data.vocab import PAD, Vocabulary
+from twotower.data.vocab import PAD
+from twotower.model.encoding import Encoder
+from twotower.model.guarded_step import guarded_step
 from twotower.model.towers import FeatureEmbeddings, masked_mean
-from twotower.train.stability import guarded_step
 
-LOSSES = ("softmax", "bce")
-EXAMPLES = ("train", "valid")
 RECENT = 3   # history positions that count as "recent" for the similarity features
-SAVED_MODEL_DIR = "ranking_model"
-
-
-@dataclasses.dataclass
-class RankingConfig:
-  """Options of the ranking job, saved as ``<workdir>/ranking/config.json``."""
-  # Candidates and examples.
-  examples: str = "train"              # train | valid: which split's interactions are examples
-  holdout_fraction: float = 0.3        # examples=valid: validation users kept for early stop
-  num_candidates: int = 100            # retrieval top-N: mined for negatives, re-ranked
-  npratio: int = 4                     # negatives per positive
-  reachable_only: bool = True          # only positives the retrieval top-N contains
-  random_negative_fraction: float = 0.0   # share of the negatives drawn from the whole corpus
-  loss: str = "bce"                    # bce: pointwise; softmax: listwise over 1 + npratio
-  rating_threshold: Optional[float] = None   # label >= threshold is positive (ratings only)
-  # Architecture.
-  embedding_dim: int = 32
-  cross_layers: int = 2
-  cross_projection_dim: int = 64       # low-rank DCN-v2 cross; 0: full rank
-  layers: Sequence[int] = (256, 128)
-  dropout: float = 0.1
-  history_similarity: bool = True      # candidate . history items: max, mean, recent
-  history_attention: bool = True       # DIN-style candidate-specific pooling of the history
-  id_embeddings: bool = True           # the head's own user and candidate id embeddings
-  popularity: bool = True              # log training count of the candidate (see below)
-  residual_dot: bool = True            # add w * tower dot product, w init 1 / temperature
-  # Training.
-  batch_size: int = 256
-  epochs: int = 10
-  learning_rate: float = 0.001
-  optimizer: str = "adam"
-  global_clipnorm: float = 0.0
-  early_stopping_metric: str = "two_stage_ndcg@10"
-  patience: int = 3
-  lr_plateau_patience: int = 2
-  lr_plateau_factor: float = 0.5
-  id_dropout: float = -1.0             # -1: the retrieval run's id_dropout
-  seed: int = 0
-  progress: bool = True
-
-  def validate(self) -> None:
-    checks = [
-        (self.num_candidates > 0, f"--num_candidates must be positive, got {self.num_candidates}"),
-        (self.npratio > 0, f"--npratio must be positive, got {self.npratio}"),
-        (self.npratio < self.num_candidates,
-         f"--npratio ({self.npratio}) must be below --num_candidates ({self.num_candidates})"),
-        (0.0 <= self.random_negative_fraction <= 1.0,
-         f"--random_negative_fraction must be in [0, 1], got {self.random_negative_fraction}"),
-        (self.examples in EXAMPLES,
-         f"--examples must be one of {EXAMPLES}, got {self.examples!r}"),
-        (0.0 < self.holdout_fraction < 1.0,
-         f"--holdout_fraction must be in (0, 1), got {self.holdout_fraction}"),
-        (self.loss in LOSSES, f"--loss must be one of {LOSSES}, got {self.loss!r}"),
-        (self.embedding_dim > 0, f"--embedding_dim must be positive, got {self.embedding_dim}"),
-        (self.cross_layers >= 0, f"--cross_layers must be >= 0, got {self.cross_layers}"),
-        (self.cross_projection_dim >= 0,
-         f"--cross_projection_dim must be >= 0, got {self.cross_projection_dim}"),
-        (self.batch_size > 0, f"--batch_size must be positive, got {self.batch_size}"),
-        (self.epochs > 0, f"--epochs must be positive, got {self.epochs}"),
-        (self.id_dropout < 1, f"--id_dropout must be below 1, got {self.id_dropout}"),
-        (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-    ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
-
-  def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-  @classmethod
-  def from_dict(cls, values: dict) -> "RankingConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-      raise ValueError(f"unknown ranking options: {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-  @classmethod
-  def load(cls, path: str) -> "RankingConfig":
-    with open(path) as f:
-      return cls.from_dict(json.load(f))
 
 
 def _scoring_mlp(layer_sizes: Sequence[int], dropout: float) -> tf_keras.Sequential:
@@ -260,8 +175,8 @@ class RankingModel(tfrs.Model):
 
 
 def build_ranking_model(run, config: RankingConfig) -> RankingModel:
-  """A ranking head on top of a ``workdir.TrainedRun``'s frozen towers, variables built."""
-  from twotower.model.encoding import Encoder
+  """A ranking head on top of a trained retrieval run's frozen towers (``run``: a
+  ``workdir.TrainedRun``, or anything with its config, data and model), variables built."""
   data = run.data
   tf_keras.utils.set_random_seed(config.seed)
   # Every item id, padding and OOV rows included: the table is indexed by vocabulary id.
@@ -284,193 +199,3 @@ def _dummy_inputs(data, history_length: int) -> dict:
   for name, table in data.user_features.values.items():
     user[name] = tf.zeros((1,) + table.shape[1:], tf.int32)
   return {"user": user, "item_id": tf.zeros([1, 1], tf.int32)}
-
-
-def ranking_paths(workdir: str) -> dict:
-  from twotower.workdir import Workdir
-  root = Workdir(workdir).ranking
-  return {"root": root, "config": os.path.join(root, "config.json"),
-          "checkpoints": os.path.join(root, "checkpoints"),
-          "best": os.path.join(root, "best"),
-          "tensorboard": os.path.join(root, "tensorboard")}
-
-
-def load_ranking(workdir: str, run=None):
-  """(TrainedRun, RankingConfig, RankingModel with the best ranking epoch's weights).
-
-  ``run``: an already loaded ``TrainedRun`` of this workdir, to skip preparing the data
-  again; its model is left alone (the head gets its own copy of the towers).
-  """
-  from twotower import workdir as workdir_lib
-  from twotower.model import retrieval
-  paths = ranking_paths(workdir)
-  for path in (paths["config"], paths["best"] + ".index"):
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"{path} not found: {workdir} holds no trained ranking head; run "
-          f"twotower-rank --workdir={workdir} first")
-  if run is None:
-    run = workdir_lib.load_trained(workdir)
-  else:
-    towers = retrieval.build_retrieval_model(run.data, run.config)
-    tf.train.Checkpoint(model=towers).read(workdir_lib.Workdir(workdir).best).expect_partial()
-    run = workdir_lib.TrainedRun(run.config, run.data, towers)
-  config = RankingConfig.load(paths["config"])
-  model = build_ranking_model(run, config)
-  # The checkpoint holds the frozen towers and item table the head was trained with, so the
-  # head stays self-consistent even if the retrieval model is retrained later.
-  tf.train.Checkpoint(model=model).read(paths["best"]).expect_partial()
-  return run, config, model
-
-
-# -- raw-string SavedModel ----------------------------------------------------------------
-
-
-def _string_lookup(vocab: Vocabulary) -> tf_keras.layers.StringLookup:
-  """StringLookup with the Vocabulary's id layout, checked token by token."""
-  layer = tf_keras.layers.StringLookup(vocabulary=list(vocab.tokens), mask_token="",
-                                       num_oov_indices=vocab.num_oov_buckets)
-  probe = np.concatenate([vocab.tokens.astype(str),
-                          ["", "<twotower-unseen-a>", "<twotower-unseen-b>"]])
-  got = layer(tf.constant(probe)).numpy()
-  want = vocab.lookup(probe.astype(object))
-  if not np.array_equal(got, want):
-    bad = int(np.flatnonzero(got != want)[0])
-    raise ValueError(f"StringLookup maps {probe[bad]!r} to {got[bad]}, the vocabulary to "
-                     f"{want[bad]}: the exported model would disagree with training")
-  return layer
-
-
-def tokenize_in_graph(values: tf.Tensor, max_tokens: int) -> tf.Tensor:
-  """[B] raw multi-valued strings -> [B, max_tokens] tokens, '' padded (twin of
-  features.tokenize: strip, split on runs of spaces / '|', keep the first max_tokens)."""
-  joined = tf.strings.regex_replace(tf.strings.strip(values), SEPARATORS, "|")
-  parts = tf.strings.split(joined, sep="|")
-  parts = tf.ragged.boolean_mask(parts, tf.not_equal(parts, ""))
-  return parts[:, :max_tokens].to_tensor(default_value="", shape=[None, max_tokens])
-
-
-class _RawRanker(tf.Module):
-  """Raw strings in, scores out: StringLookups, then the ranking model."""
-
-  def __init__(self, model: RankingModel, data, history_length: int):
-    super().__init__(name="ranking_model")
-    self.model = model
-    self.user_lookup = _string_lookup(data.user_vocab)
-    self.item_lookup = _string_lookup(data.item_vocab)
-    self._specs = list(data.user_features.specs)
-    self.feature_lookups = {s.name: _string_lookup(s.vocab) for s in self._specs}
-    reserved = {"user_id", HISTORY, "item_ids"} & set(self.feature_lookups)
-    if reserved:
-      raise ValueError(f"user feature names {sorted(reserved)} clash with ranking inputs")
-    self._length = history_length
-    self.history_length = tf.Variable(history_length, trainable=False, name="history_length")
-    self.user_feature_names = tf.Variable([s.name for s in self._specs] or [""],
-                                          trainable=False, dtype=tf.string,
-                                          name="user_feature_names")
-    self.num_user_features = tf.Variable(len(self._specs), trainable=False)
-
-  def input_signature(self) -> dict:
-    spec = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
-            HISTORY: tf.TensorSpec([None, None], tf.string, name=HISTORY),
-            "item_ids": tf.TensorSpec([None, None], tf.string, name="item_ids")}
-    for s in self._specs:
-      spec[s.name] = tf.TensorSpec([None], tf.string, name=s.name)
-    return spec
-
-  def score(self, inputs: dict) -> dict:
-    history = self.item_lookup(inputs[HISTORY])
-    # Keep the last history_length known-or-OOV entries, wherever the padding is.
-    # Keep the last history_length entries, right-aligned (most recent last) as in
-    # training, wherever the caller put the padding.
-    kept = tf.ragged.boolean_mask(history, tf.not_equal(history, PAD))[:, -self._length:]
-    history = tf.reverse(tf.reverse(kept, axis=[1]).to_tensor(
-        default_value=PAD, shape=[None, self._length]), axis=[1])
-    user = {"user_id": self.user_lookup(inputs["user_id"]), HISTORY: tf.cast(history, tf.int32)}
-    for s in self._specs:
-      raw = inputs[s.name]
-      if s.kind == types.TOKEN_SEQ:
-        raw = tokenize_in_graph(raw, s.max_tokens)
-      user[s.name] = tf.cast(self.feature_lookups[s.name](raw), tf.int32)
-    user["user_id"] = tf.cast(user["user_id"], tf.int32)
-    item_ids = inputs["item_ids"]
-    scores = self.model({"user": user, "item_id": tf.cast(self.item_lookup(item_ids), tf.int32)},
-                        training=False)
-    # Padding slots ('' candidate ids) can never outrank a real candidate.
-    scores = tf.where(tf.equal(item_ids, ""), tf.constant(-np.inf, scores.dtype), scores)
-    return {"scores": scores}
-
-
-def export_ranking_model(workdir: str, out_dir: str, run=None) -> str:
-  """Writes ``<out_dir>/ranking_model/``, a SavedModel of the workdir's best ranking head.
-
-  Signature ``serving_default``: ``user_id`` [B], ``history`` [B, L] ('' padded, most recent
-  last), one [B] string per user feature (multi-valued ones as the raw space / '|'
-  separated string, '' when missing) and ``item_ids`` [B, N] ('' pads) -> ``scores`` [B, N]
-  (-inf at padding). Returns the SavedModel's path. ``run``: see ``load_ranking``.
-  """
-  run, _, model = load_ranking(workdir, run)
-  module = _RawRanker(model, run.data, run.config.data.history_length)
-  spec = module.input_signature()
-  fn = tf.function(module.score, input_signature=[spec])
-  module.serve = fn
-  path = os.path.join(out_dir, SAVED_MODEL_DIR)
-  tmp = path + ".tmp"
-  if tf.io.gfile.exists(tmp):
-    tf.io.gfile.rmtree(tmp)
-  tf.saved_model.save(module, tmp, signatures={"serving_default": fn.get_concrete_function()})
-  if tf.io.gfile.exists(path):
-    tf.io.gfile.rmtree(path)
-  tf.io.gfile.rename(tmp, path)
-  return path
-
-
-class SavedModelReranker:
-  """Serving adapter: ``reranker(users, candidate_ids) -> scores`` over the SavedModel.
-
-  ``users`` are raw feature dicts as in ``Recommender.recommend`` (``user_id``, optional
-  ``history`` list, feature values; missing ones become ''); ``candidate_ids`` may differ
-  in length per user, padding scores -inf. Needs only TensorFlow.
-  """
-
-  def __init__(self, path: str):
-    if os.path.isdir(os.path.join(path, SAVED_MODEL_DIR)):
-      path = os.path.join(path, SAVED_MODEL_DIR)
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
-      raise FileNotFoundError(f"{path} is not a ranking SavedModel (no saved_model.pb)")
-    self.path = path
-    self._module = tf.saved_model.load(path)
-    self._fn = self._module.signatures["serving_default"]
-    self.history_length = int(self._module.history_length.numpy())
-    count = int(self._module.num_user_features.numpy())
-    names = self._module.user_feature_names.numpy()[:count]
-    self.feature_names = [n.decode("utf-8") for n in names]
-
-  def __call__(self, users: Sequence[dict], candidate_ids: Sequence[Sequence[str]]) -> np.ndarray:
-    if len(users) != len(candidate_ids):
-      raise ValueError(f"{len(users)} users but {len(candidate_ids)} candidate lists")
-    width = max((len(c) for c in candidate_ids), default=0)
-    if not users or width == 0:
-      return np.zeros((len(users), width), np.float32)
-    items = np.full((len(users), width), "", dtype=object)
-    history = np.full((len(users), self.history_length), "", dtype=object)
-    for row, (user, candidates) in enumerate(zip(users, candidate_ids)):
-      items[row, :len(candidates)] = [str(c) for c in candidates]
-      recent = [str(h) for h in (user.get(HISTORY) or ())][-self.history_length:]
-      if recent:
-        history[row, -len(recent):] = recent
-    inputs = {"user_id": tf.constant([_raw(u.get("user_id")) for u in users]),
-              HISTORY: tf.constant(history.astype(str)),
-              "item_ids": tf.constant(items.astype(str))}
-    for name in self.feature_names:
-      inputs[name] = tf.constant([_raw(u.get(name)) for u in users])
-    return self._fn(**inputs)["scores"].numpy()
-
-
-def _raw(value) -> str:
-  """A raw feature value as the SavedModel wants it: lists joined by spaces, None -> ''."""
-  if value is None:
-    return ""
-  if isinstance(value, (list, tuple, np.ndarray)):
-    return " ".join(str(v) for v in value)
-  return str(value)

@@ -19,10 +19,10 @@ from twotower.config import LossConfig
 from twotower.data.pipeline import HISTORY, FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.frequency import StaticFrequency, StreamingFrequencyEstimator
+from twotower.model.guarded_step import guarded_step
 from twotower.model.mixed_negatives import MixedNegativeSampler
 from twotower.model.negatives import EMPTY_ID, CrossBatchQueue
 from twotower.model.replicas import gather_replicas, replica_context
-from twotower.train.stability import guarded_step
 from twotower.model.towers import ItemTower, UserTower
 
 # Logit of a masked candidate: exp() underflows to exactly 0 in float32 but stays finite.

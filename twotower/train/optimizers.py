@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
-OPTIMIZERS = ("lazy_adam", "adam", "adagrad", "clippy_adagrad")
+from twotower.config import OPTIMIZERS
 
 
 class LazyAdam(tf_keras.optimizers.Adam):

@@ -1,20 +1,17 @@
-"""The divergence guard: notice a blown-up step before it ruins the run, and the training
-step that never applies a non-finite update.
+"""The divergence guard: notice a blown-up step before it ruins the run.
 
 Large recommenders diverge (Tang et al. 2023): a non-finite loss or gradient, or a loss far
 above its recent average, usually means the weights are already damaged. The guard only
 *detects*; the loop reacts by restoring the last good checkpoint (model, optimizer, queue,
-frequency estimator), lowering the learning rate and skipping the batches since then.
+frequency estimator), lowering the learning rate and skipping the batches since then
+(train/runner.py). The step that never applies a non-finite update is the models' own:
+model/guarded_step.py.
 """
 from __future__ import annotations
 
 import collections
 import math
-from typing import Callable, Optional
-
-import tensorflow as tf
-
-from twotower.model.replicas import replica_context
+from typing import Optional
 
 
 class DivergenceError(RuntimeError):
@@ -22,10 +19,9 @@ class DivergenceError(RuntimeError):
 
 
 class DivergenceGuard:
+  """``spike_factor`` > 1 (checked by the configs' validate())."""
 
   def __init__(self, spike_factor: float = 10.0, window: int = 50, min_steps: int = 20):
-    if spike_factor <= 1:
-      raise ValueError(f"--divergence_spike_factor must be > 1, got {spike_factor}")
     self.spike_factor = spike_factor
     self.min_steps = min_steps
     self._recent = collections.deque(maxlen=window)
@@ -45,36 +41,3 @@ class DivergenceGuard:
 
   def reset(self) -> None:
     self._recent.clear()
-
-
-def guarded_step(model, loss_fn: Callable[[], tf.Tensor],
-                 on_apply: Optional[Callable[[], None]] = None) -> dict:
-  """One optimizer step of ``model`` on ``loss_fn()`` plus its regularization losses.
-
-  A step whose loss or gradients are not finite changes nothing (``on_apply``, e.g. the
-  queue's enqueue, runs only with the update); the returned ``loss`` and ``grad_norm`` let
-  the loop's DivergenceGuard react. Under a distribution strategy the update is applied
-  unconditionally: apply_gradients synchronises replicas, which TF forbids inside a
-  tf.cond, so there the guard's checkpoint restore is the only protection.
-  """
-  with tf.GradientTape() as tape:
-    loss = loss_fn()
-    regularization = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
-    total = loss + regularization
-  variables = model.trainable_variables
-  gradients = tape.gradient(total, variables)
-  grad_norm = tf.linalg.global_norm(gradients)
-  finite = tf.math.is_finite(grad_norm) & tf.math.is_finite(total)
-
-  def apply():
-    model.optimizer.apply_gradients(zip(gradients, variables))
-    if on_apply is not None:
-      on_apply()
-    return tf.constant(True)
-
-  if replica_context() is None:
-    tf.cond(finite, apply, lambda: tf.constant(False))
-  else:
-    apply()
-  return {"loss": loss, "regularization_loss": regularization, "total_loss": total,
-          "grad_norm": grad_norm}

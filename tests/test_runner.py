@@ -1,0 +1,156 @@
+"""The training skeleton (twotower/train/runner.py) on a toy least-squares model.
+
+Fast and independent of the recommenders: resume trains only what is missing, recovery
+takes its settings from the config, early stopping and the plateau schedule follow the
+watched metric, metrics.json keeps other trainers' sections, and the log line rounds the loss.
+"""
+import json
+import logging
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from twotower.config import RankingConfig, TrainConfig
+from twotower.model.guarded_step import guarded_step
+from twotower.train import runner
+from twotower.train.stability import DivergenceError
+
+STEPS_PER_EPOCH = 4
+TRUE_WEIGHTS = np.array([1.5, -2.0], np.float32)
+
+
+class _Toy(tf_keras.Model):
+
+  def __init__(self):
+    super().__init__()
+    self.w = tf.Variable(np.zeros(2, np.float32))
+
+  def train_step(self, batch):
+    x, y = batch
+    return guarded_step(
+        self, lambda: tf.reduce_mean(tf.square(tf.linalg.matvec(x, self.w) - y)))
+
+
+def _settings(**overrides) -> runner.LoopSettings:
+  values = dict(epochs=3, patience=5, lr_plateau_patience=0, lr_plateau_factor=0.5,
+                early_stopping_metric="score", max_recoveries=3, recovery_lr_factor=0.5,
+                divergence_spike_factor=10.0, progress=False)
+  return runner.LoopSettings(**{**values, **overrides})
+
+
+class _ToyRunner(runner.Runner):
+  """Batches of 8 rows; ``faults``: (epoch, batch) positions whose inputs are NaN;
+  ``scores``: the validation score of each epoch (default: minus the weight error)."""
+
+  def __init__(self, root, settings, *, faults=(), scores=None, section=None):
+    model = _Toy()
+    optimizer = tf_keras.optimizers.SGD(0.1)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    self._start(model, optimizer, settings,
+                runner.RunFiles(checkpoints=str(root / "checkpoints"), best=str(root / "best"),
+                                tensorboard=str(root / "tensorboard"),
+                                metrics=str(root / "metrics.json"), section=section),
+                header={"toy": True}, steps_per_epoch=STEPS_PER_EPOCH)
+    self.train_step = tf.function(model.train_step)
+    self.faults, self.scores, self.batches_fed, self.evaluations = set(faults), scores, 0, 0
+
+  def dataset(self, epoch, skip_batches):
+    rng = np.random.default_rng(epoch)
+    for index in range(STEPS_PER_EPOCH):
+      x = rng.normal(size=(8, 2)).astype(np.float32)
+      if index < skip_batches:
+        continue
+      if (epoch, index) in self.faults:
+        x = np.full_like(x, np.nan)
+      self.batches_fed += 1
+      yield tf.constant(x), tf.constant(x @ TRUE_WEIGHTS)
+
+  def batch_examples(self, batch, batch_index):
+    return 8
+
+  def evaluate(self):
+    self.evaluations += 1
+    if self.scores is not None:
+      return {"score": self.scores[self.evaluations - 1]}
+    return {"score": -float(np.abs(self.model.w.numpy() - TRUE_WEIGHTS).sum())}
+
+  def final_metrics(self):
+    return {"valid": {"w": self.model.w.numpy().tolist()}}
+
+
+def test_resume_trains_only_the_missing_epochs(tmp_path):
+  first = _ToyRunner(tmp_path, _settings(epochs=2)).run()
+  assert [e["epoch"] for e in first["epochs"]] == [0, 1]
+  again = _ToyRunner(tmp_path, _settings(epochs=3))
+  log = again.run()
+  assert again.batches_fed == STEPS_PER_EPOCH          # epoch 2 only, not 0 and 1 again
+  assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2]
+  assert log["epochs"][:2] == first["epochs"]
+  assert log["final"]["steps"] == 3 * STEPS_PER_EPOCH
+
+
+def test_recovery_takes_its_settings_from_the_config(tmp_path):
+  trainer = _ToyRunner(tmp_path / "a", _settings(epochs=1, recovery_lr_factor=0.25),
+                       faults={(0, 2)})
+  log = trainer.run()
+  [event] = log["divergence_events"]
+  assert event["batch"] == 2 and "non-finite" in event["reason"]
+  assert event["restored_step"] == 0                    # the step-0 checkpoint
+  assert event["learning_rate"] == pytest.approx(0.1 * 0.25)
+  assert log["final"]["recoveries"] == 1
+  assert log["final"]["steps"] == 1      # back to step 0, past the bad batch: batch 3 only
+  with pytest.raises(DivergenceError, match="--max_recoveries=0"):
+    _ToyRunner(tmp_path / "b", _settings(epochs=1, max_recoveries=0), faults={(0, 1)}).run()
+
+
+def test_ranking_config_carries_the_recovery_settings():
+  settings = runner.LoopSettings.of(RankingConfig(max_recoveries=7, recovery_lr_factor=0.2,
+                                                  divergence_spike_factor=4.0))
+  assert (settings.max_recoveries, settings.recovery_lr_factor,
+          settings.divergence_spike_factor) == (7, 0.2, 4.0)
+  assert settings.step_limit == 0 and settings.checkpoint_every_steps == 0
+  train = runner.LoopSettings.of(TrainConfig(step_limit=9, checkpoint_every_steps=3))
+  assert (train.step_limit, train.checkpoint_every_steps) == (9, 3)
+
+
+def test_plateau_halves_the_learning_rate_and_patience_stops(tmp_path):
+  trainer = _ToyRunner(tmp_path, _settings(epochs=6, patience=3, lr_plateau_patience=1),
+                       scores=[1.0, 0.5, 0.4, 0.3, 0.2, 0.1])
+  log = trainer.run()
+  assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2, 3]   # stopped: 3 without gain
+  # Each record has the rate its epoch trained with; each epoch without gain halves it.
+  assert [e["learning_rate"] for e in log["epochs"]] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+  assert log["final"]["best_epoch"] == 0 and log["epochs"][0]["best"]
+
+
+def test_metrics_record_keeps_other_sections(tmp_path):
+  (tmp_path / "metrics.json").write_text(json.dumps({"retrieval": 1, "epochs": ["theirs"]}))
+  _ToyRunner(tmp_path, _settings(epochs=1), section="toy").run()
+  saved = json.loads((tmp_path / "metrics.json").read_text())
+  assert saved["retrieval"] == 1 and saved["epochs"] == ["theirs"]
+  assert saved["toy"]["toy"] is True and len(saved["toy"]["epochs"]) == 1
+  assert "final" in saved["toy"]
+
+
+def test_epoch_log_line_rounds_the_loss(tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    _ToyRunner(tmp_path, _settings(epochs=1)).run()
+  [line] = [r.getMessage() for r in caplog.records if "epoch 0: loss" in r.getMessage()]
+  loss = re.search(r"loss (\S+),", line).group(1)
+  assert len(re.sub(r"[^0-9]", "", loss.split("e")[0]).lstrip("0")) <= 4, line
+  assert re.search(r"valid score -?\d+\.\d{4}$", line), line
+
+
+def test_save_config_warns_when_the_options_change(tmp_path, caplog):
+  path = str(tmp_path / "config.json")
+  runner.save_config(path, RankingConfig())
+  with caplog.at_level(logging.WARNING):
+    runner.save_config(path, RankingConfig())
+    assert "differs" not in caplog.text
+    runner.save_config(path, RankingConfig(npratio=8))
+  assert "differs" in caplog.text
+  assert RankingConfig.load(path).npratio == 8

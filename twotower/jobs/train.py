@@ -1,0 +1,29 @@
+"""The workdir-level retrieval training job behind twotower-train: config, data, vocabularies.
+
+It validates and saves the config, prepares the data and hands the arrays to the retrieval
+trainer (train/loop.py). Rerunning it on the same workdir resumes the run.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from twotower.config import Config
+from twotower.data import prepare as prepare_lib
+from twotower.train import loop, runner
+from twotower.workdir import Workdir
+
+
+def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData] = None) -> dict:
+  """Trains (or resumes) the retrieval model in ``workdir``; returns the metrics log.
+
+  ``data``: already prepared from ``config.data``, to skip loading it again.
+  """
+  config.validate()
+  wd = Workdir(workdir)
+  os.makedirs(wd.root, exist_ok=True)
+  runner.save_config(wd.config, config)
+  if data is None:
+    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  data.save_vocab(wd.vocab)
+  return loop.Trainer(config, workdir, data).run()
