@@ -45,16 +45,27 @@ class TrainedRun:
   item_table: Optional[types.Table] = None   # the raw item side table (export keeps it)
 
 
-def load_trained(workdir: str) -> TrainedRun:
-  """Config, prepared data and the best retrieval model of a finished training run."""
+def require(workdir: str, paths, holds: str, job: str) -> None:
+  """FileNotFoundError naming the first missing path and the job that writes it."""
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: {workdir} holds no {holds}; run {job} "
+                              f"--workdir={workdir} first")
+
+
+def restore_retrieval_model(workdir: str, data: prepare_lib.PreparedData, config: Config):
+  """A TwoTowerModel for ``data`` with the best retrieval epoch's weights of ``workdir``."""
   from twotower.model import retrieval  # deferred: builds TF graphs
   import tensorflow as tf
+  model = retrieval.build_retrieval_model(data, config)
+  tf.train.Checkpoint(model=model).read(Workdir(workdir).best).expect_partial()
+  return model
+
+
+def load_trained(workdir: str) -> TrainedRun:
+  """Config, prepared data and the best retrieval model of a finished training run."""
   wd = Workdir(workdir)
-  for path in (wd.config, wd.best + ".index"):
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"{path} not found: {workdir} holds no finished training run; run "
-          f"twotower-train --workdir={workdir} first")
+  require(workdir, (wd.config, wd.best + ".index"), "finished training run", "twotower-train")
   config = Config.load(wd.config)
   raw = prepare_lib.load_raw(config.data)
   data = prepare_lib.prepare(raw, config.data)
@@ -65,6 +76,5 @@ def load_trained(workdir: str) -> TrainedRun:
           f"the input data no longer matches {wd.vocab}/{name}.txt (the {name} vocabulary "
           f"changed since training); retrain, or point the config at the original files")
   tf_keras.utils.set_random_seed(config.train.seed)
-  model = retrieval.build_retrieval_model(data, config)
-  tf.train.Checkpoint(model=model).read(wd.best).expect_partial()
+  model = restore_retrieval_model(workdir, data, config)
   return TrainedRun(config, data, model, raw.item_features)
