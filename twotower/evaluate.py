@@ -32,8 +32,6 @@ from twotower.data.itemsets import ItemSets
 
 DEFAULT_KS = (10, 20, 50, 100)
 DEFAULT_MAX_CHUNK_ELEMENTS = topk.DEFAULT_MAX_CHUNK_ELEMENTS
-# The ranking stage's import path (train/ranking.py) until it calls twotower.topk itself.
-top_k_items = topk.top_k_items
 # A count task covers whole score rows, about this many scores, so small corpora are not
 # counted one Python call per user.
 _COUNT_TASK_ELEMENTS = 1 << 20
