@@ -54,6 +54,26 @@ def test_tuned_searcher_reaches_the_recall_target_on_held_out_queries(scann_inde
     assert report[key] > 0, key
 
 
+def test_a_lower_recall_target_tunes_a_cheaper_searcher(scann_index):
+  """Two targets on the same corpus: each searcher's recall on its tuning queries clears its
+  target plus two standard errors (what _tune promises), held-out queries reach the target
+  within noise, and the lower target settles lower (a tuner ignoring it would not)."""
+  high, held_out = scann_index
+  items, queries = planted(30000)
+  low = index_lib.build_searcher(items, recall_target=0.8, sample_queries=queries[:200],
+                                 k=10, brute_force_below=1000)
+  exact, _ = high.search(held_out, 10, exact=True)
+  measured = {}
+  for target, index in ((0.8, low), (0.95, high)):
+    p = index.params
+    assert p["recall_target"] == target
+    assert p["tuning_recall"] >= min(target + 2 * p["tuning_stderr"], 1.0) - 1e-4, p
+    measured[target] = index_lib.recall(index.search(held_out, 10)[0], exact)
+    assert measured[target] >= target - 0.02, (target, measured)
+  assert measured[0.95] >= measured[0.8], measured
+  assert low.params["tuning_recall"] < high.params["tuning_recall"], (low.params, high.params)
+
+
 def test_brute_force_below_the_threshold_and_on_request():
   items, queries = planted(500, queries=20)
   small = index_lib.build_searcher(items, sample_queries=queries)
