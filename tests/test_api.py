@@ -53,7 +53,7 @@ def test_train_and_export_call_their_jobs(monkeypatch):
   assert twotower.export("workdir", include_ranking=False) == 2
   assert calls == [("train", ("config", "workdir"), {}),
                    ("export", ("workdir",), {"include_ranking": False})]
-  from twotower.train import loop   # the subpackage's modules stay importable
+  from twotower.train import loop  # the subpackage's modules stay importable
   assert twotower.train.loop is loop
 
 

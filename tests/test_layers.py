@@ -3,8 +3,6 @@ cycle, counting every import statement, also those inside functions."""
 import ast
 import pathlib
 
-import pytest
-
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "twotower"
 
 # Known edges that break a rule and are being removed: (importer, imported). Empty when the

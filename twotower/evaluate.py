@@ -220,10 +220,10 @@ def _count_ahead(scores: np.ndarray | tf.Tensor, rows: np.ndarray, best: np.ndar
         own = np.searchsorted(reach, j // block)
         start, end = reach[own] * block, (reach[own] + 1) * block
         blocks = row.reshape(-1, block)
-        return (np.count_nonzero(blocks[reach[:own]] >= b) +
-                np.count_nonzero(row[start:j] >= b) + np.count_nonzero(row[j:end] > b) +
-                np.count_nonzero(blocks[reach[own + 1:]] > b))
-    return np.count_nonzero(row[:j] >= b) + np.count_nonzero(row[j:] > b)
+        return int(np.count_nonzero(blocks[reach[:own]] >= b) +
+                   np.count_nonzero(row[start:j] >= b) + np.count_nonzero(row[j:end] > b) +
+                   np.count_nonzero(blocks[reach[own + 1:]] > b))
+    return int(np.count_nonzero(row[:j] >= b) + np.count_nonzero(row[j:] > b))
 
   def count(part: slice) -> np.ndarray:
     r, b, j = rows[part], best[part], best_item[part]

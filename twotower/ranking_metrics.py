@@ -139,7 +139,8 @@ def mrr(labels, scores, groups) -> float:
 
 def ndcg(labels, scores, groups, k: int) -> float:
   """Mean NDCG@k over groups with a positive (gain = label, discount 1/log2(rank+1))."""
-  per_group = _group_ndcg(*_sorted_layout(labels, scores, groups), k)
+  y, g, first, last, sizes = _sorted_layout(labels, scores, groups)
+  per_group = _group_ndcg(y, g, first, last, sizes, k)
   return float(np.nanmean(per_group)) if np.isfinite(per_group).any() else float("nan")
 
 
@@ -162,7 +163,7 @@ def ranking_metrics(labels, scores, groups, ks: Sequence[int] = (5, 10)) -> dict
       "num_positives": int((y > 0).sum()),
   }
   for k in ks:
-    per_group = _group_ndcg(*layout, k)
+    per_group = _group_ndcg(y, g, first, last, sizes, k)
     out[f"ndcg@{k}"] = (float(np.nanmean(per_group)) if np.isfinite(per_group).any()
                         else float("nan"))
   return out

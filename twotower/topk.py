@@ -16,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, overload
 
 import numpy as np
 import tensorflow as tf
@@ -165,8 +165,13 @@ def check_queries(query_embeddings, items: np.ndarray) -> np.ndarray:
   return queries
 
 
+@overload
+def check_sets(sets: ItemSets, num_rows: int, num_items: int, name: str) -> ItemSets: ...
+@overload
+def check_sets(sets: None, num_rows: int, num_items: int, name: str) -> None: ...
 def check_sets(sets: ItemSets | None, num_rows: int, num_items: int,
                name: str) -> ItemSets | None:
+  """Row sets of item indices as int64 ItemSets, one row per query, indices in the corpus."""
   if sets is None:
     return None
   sets = ItemSets(np.asarray(sets.indptr, np.int64), np.asarray(sets.indices, np.int64))
@@ -216,6 +221,7 @@ def for_each_chunk(queries: np.ndarray, corpus: _Corpus, exclude: ItemSets | Non
                                              tf.constant(masked), corpus.depth, corpus.block)
       maxima = None
     else:
+      assert buffer is not None   # a numpy worker always has one
       scores = buffer[:end - start]
       np.matmul(queries[start:end], corpus.items_t, out=scores)
       scores[:, corpus.num_items:] = -np.inf   # padding columns

@@ -55,8 +55,9 @@ def require(workdir: str, paths, holds: str, job: str) -> None:
 
 def restore_retrieval_model(workdir: str, data: prepare_lib.PreparedData, config: Config):
   """A TwoTowerModel for ``data`` with the best retrieval epoch's weights of ``workdir``."""
-  from twotower.model import retrieval  # deferred: builds TF graphs
   import tensorflow as tf
+
+  from twotower.model import retrieval  # deferred: builds TF graphs
   model = retrieval.build_retrieval_model(data, config)
   tf.train.Checkpoint(model=model).read(Workdir(workdir).best).expect_partial()
   return model

@@ -10,8 +10,21 @@ package's API.
 from twotower.fileio import IntegrityError
 from twotower.index.benchmark import measure, recall
 from twotower.index.fingerprints import fingerprint
-from twotower.index.searcher import (BRUTE_FORCE, SCANN, Index, build_searcher,
-                                     default_num_leaves)
-from twotower.index.storage import (EMBEDDINGS, FORMAT, INDEX_JSON, ITEM_IDS, SEARCHER,
-                                    load_index, load_item_ids, package_version, save_index,
-                                    save_item_ids)
+from twotower.index.searcher import BRUTE_FORCE, SCANN, Index, build_searcher, default_num_leaves
+from twotower.index.storage import (
+                                     EMBEDDINGS,
+                                     FORMAT,
+                                     INDEX_JSON,
+                                     ITEM_IDS,
+                                     SEARCHER,
+                                     load_index,
+                                     load_item_ids,
+                                     package_version,
+                                     save_index,
+                                     save_item_ids,
+)
+
+__all__ = ["BRUTE_FORCE", "EMBEDDINGS", "FORMAT", "INDEX_JSON", "ITEM_IDS", "SCANN", "SEARCHER",
+           "Index", "IntegrityError", "build_searcher", "default_num_leaves", "fingerprint",
+           "load_index", "load_item_ids", "measure", "package_version", "recall", "save_index",
+           "save_item_ids"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from absl import logging
@@ -31,7 +31,7 @@ class Index:
   """Item embeddings plus, for kind 'scann', a pybind ScaNN searcher and its tuned knobs."""
   kind: str
   embeddings: np.ndarray
-  searcher: object = None                    # scann_ops_pybind.ScannSearcher or None
+  searcher: Any = None                       # scann_ops_pybind.ScannSearcher or None
   params: dict = dataclasses.field(default_factory=dict)
   item_ids: Optional[np.ndarray] = None
   tuning: list = dataclasses.field(default_factory=list)

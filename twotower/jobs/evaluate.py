@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
-from twotower import fileio
 from twotower.data import splits
 from twotower.model.encoding import Encoder
-from twotower.train import loop
+from twotower.train import loop, runner
 from twotower.workdir import Workdir, load_trained
 
 
@@ -29,8 +27,5 @@ def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None) -> dict:
       "test": loop.split_metrics(run.model, run.data, splits.TEST, config, encoder),
       "most_popular_test": loop.most_popular_metrics(run.data, splits.TEST, config),
   }
-  path = Workdir(workdir).metrics
-  log = fileio.read_json(path) if os.path.exists(path) else {}
-  log["evaluation"] = result
-  fileio.atomic_write_json(path, log)
+  runner.MetricsRecord(Workdir(workdir).metrics, "evaluation").write(result)
   return result

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -10,6 +11,7 @@ from twotower import fileio
 from twotower import index as index_lib
 from twotower.data.histories import latest_histories
 from twotower.model.encoding import Encoder
+from twotower.train import runner
 from twotower.workdir import Workdir, load_trained
 
 
@@ -35,7 +37,8 @@ def build_index(workdir: str, *, recall_target: float = 0.95,
                                    sample_queries=tune_q, brute_force_below=brute_force_below,
                                    force_brute_force=force_brute_force)
   index.item_ids = run.data.item_vocab.tokens
-  report = index_lib.measure(index, report_q) if len(report_q) else {"kind": index.kind}
+  report: dict[str, Any] = (index_lib.measure(index, report_q) if len(report_q)
+                            else {"kind": index.kind})
   with fileio.atomic_directory(wd.index) as tmp:
     meta = index_lib.save_index(index, tmp)
   size = sum(os.path.getsize(os.path.join(wd.index, *rel.split("/")))
@@ -46,8 +49,6 @@ def build_index(workdir: str, *, recall_target: float = 0.95,
                 float32_bytes=int(index.embeddings.nbytes),
                 tuning_trials=len(index.tuning))
   report["index_to_float32"] = round(report["index_bytes"] / report["float32_bytes"], 3)
-  metrics = fileio.read_json(wd.metrics) if os.path.exists(wd.metrics) else {}
-  metrics["index"] = report
-  fileio.atomic_write_json(wd.metrics, metrics)
+  runner.MetricsRecord(wd.metrics, "index").write(report)
   logging.info("index: %s", report)
   return report
