@@ -513,3 +513,76 @@ def test_read_movielens_original_reports_bad_lines(tmp_path):
   with pytest.raises(DataError) as e:
     readers.read_movielens_original(str(tmp_path / "ml-100k"))
   _assert_located(e.value, str(data), 4, "rating")
+
+
+# ----------------------------------------------------------------------------------------
+# Byte-order marks and Windows line endings are accepted; each malformed file is one
+# located DataError (the jobs print it as one line: tests/test_cli_errors.py).
+
+_LOG_ROWS = [("u1", "i1", "100", "4"), ("u2", "i2", "200", "5"), ("u1", "i3", "300", "3")]
+
+
+def _log_text(delimiter: str, header: list) -> str:
+  rows = [delimiter.join(header)] + [delimiter.join(r) for r in _LOG_ROWS]
+  return "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("name, delimiter, header", [
+    ("log.csv", ",", ["user_id", "item_id", "timestamp", "rating"]),
+    ("log.tsv", "\t", ["user_id", "item_id", "timestamp", "rating"]),
+    ("log.inter", "\t", ["user_id:token", "item_id:token", "timestamp:float", "rating:float"]),
+])
+@pytest.mark.parametrize("bom, crlf", [(True, False), (False, True), (True, True)])
+def test_bom_and_crlf_read_as_without(tmp_path, name, delimiter, header, bom, crlf):
+  plain = _log_text(delimiter, header)
+  variant = ("\ufeff" if bom else "") + (plain.replace("\n", "\r\n") if crlf else plain)
+  (tmp_path / "a").mkdir()
+  want = readers.read_interactions(_write(tmp_path / "a", name, plain))
+  got = readers.read_interactions(_write(tmp_path, name, variant))
+  for column in ("user_id", "item_id", "timestamp", "label", "line_numbers"):
+    np.testing.assert_array_equal(getattr(got, column), getattr(want, column), column)
+
+
+@pytest.mark.parametrize("name", ["items.csv", "items.item"])
+def test_bom_and_crlf_feature_tables_read_as_without(tmp_path, name):
+  header = "item_id,title\n" if name.endswith(".csv") else "item_id:token\ttitle:token_seq\n"
+  sep = "," if name.endswith(".csv") else "\t"
+  plain = header + f"i1{sep}Alien\ni2{sep}Heat Wave\n"
+  (tmp_path / "a").mkdir()
+  want = readers.read_features(_write(tmp_path / "a", name, plain), "item_id")
+  got = readers.read_features(_write(tmp_path, name, "\ufeff" + plain.replace("\n", "\r\n")),
+                              "item_id")
+  assert got.kinds == want.kinds
+  for column in want.columns:
+    assert list(got.columns[column]) == list(want.columns[column]), column
+
+
+@pytest.mark.parametrize("content, line, words", [
+    ("user_id,item_id,timestamp\nu1,i1,1,2\n", 2, ["expected 3 fields", "unquoted ','"]),
+    (bytes(range(256)) * 8, None, ["not valid UTF-8"]),
+    ("user_id;item_id;timestamp\nu1;i1;1\n", 1, ["';'-separated"]),
+    ("user_id,item_id,timestamp\nu1,i1,1\n,i2,2\n", 3, ["user_id", "empty"]),
+    ('user_id,item_id,timestamp\nu1,"i1,1\nu2,i2,2\n', 2, ["closing quote"]),
+    ("user_id,user_id,item_id,timestamp\nu,u,i,1\n", 1, ["appears twice"]),
+    ("user_id,item_id,timestamp\nu1,i1,99999999999999\nu2,i2,1\nu3,i3,2\n", 2,
+     ["2262"]),
+])
+def test_malformed_logs_are_one_located_line(tmp_path, content, line, words):
+  path = _write(tmp_path, "log.csv", content)
+  with pytest.raises(DataError) as e:
+    readers.read_interactions(path)
+  message = str(e.value)
+  assert message.startswith(path + (f":{line}" if line else ":")), message
+  assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_directory_or_a_keyless_table_is_a_located_error(tmp_path):
+  with pytest.raises(DataError, match="is a directory"):
+    readers.read_interactions(str(tmp_path))
+  path = _write(tmp_path, "users.csv", "title\nAlien\n")
+  with pytest.raises(DataError) as e:
+    readers.read_features(path, "user_id")
+  _assert_located(e.value, path, 1, "user_id")
+  empty = _write(tmp_path, "items.csv", "")
+  with pytest.raises(DataError, match="expected a header row .* e.g. item_id$"):
+    readers.read_features(empty, "item_id")

@@ -31,6 +31,14 @@ _PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirec
                 PermissionError)
 
 
+def require_directory(flag_name: str) -> None:
+  """Flag ``--flag_name`` must name a directory or a path still to be created, so that a
+  file given by mistake fails as the flags are parsed, not as a bare 'File exists'."""
+  flags.register_validator(
+      flag_name, lambda path: not path or not os.path.exists(path) or os.path.isdir(path),
+      message="names a file; it must be a directory (or a path to create)")
+
+
 def is_user_error(error: BaseException) -> bool:
   """Whether ``error`` describes a mistake in the job's input rather than a bug."""
   return isinstance(error, (UserError, flags.Error, app.UsageError) + _PATH_ERRORS)

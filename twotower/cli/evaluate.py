@@ -12,6 +12,7 @@ flags.DEFINE_string("workdir", None, "Run directory written by twotower-train; i
 flags.DEFINE_list("ks", None, "Cutoffs K of Recall/NDCG/HitRate@K, comma-separated "
                   "(default: the run's --eval_ks).")
 flags.mark_flag_as_required("workdir")
+errors.require_directory("workdir")
 FLAGS = flags.FLAGS
 
 

@@ -11,11 +11,13 @@ flags.DEFINE_string("workdir", None, "Run directory, trained (twotower-train) an
 flags.DEFINE_string("export_dir", None, "Where to write the export, replaced atomically "
                     "(default: WORKDIR/export).")
 flags.mark_flag_as_required("workdir")
+errors.require_directory("workdir")
+errors.require_directory("export_dir")
 FLAGS = flags.FLAGS
 
 
 def main():
-  from twotower import export
+  from twotower.jobs import export
   output.print_json_result(
       lambda: {"export_dir": export.export(FLAGS.workdir, FLAGS.export_dir)})
 

@@ -18,6 +18,7 @@ flags.DEFINE_bool("brute_force", False, "Always use exact brute force, whatever 
 flags.DEFINE_integer("num_tuning_queries", 1000, "User queries to tune ScaNN on (as many "
                      "again to report its recall on).")
 flags.mark_flag_as_required("workdir")
+errors.require_directory("workdir")
 FLAGS = flags.FLAGS
 
 

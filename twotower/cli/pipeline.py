@@ -22,6 +22,8 @@ flags.DEFINE_string("sample_user_id", None, "User for the sample recommendation 
 flags.DEFINE_bool("rank", True, "Train the ranking head (stage 2) and export it for "
                   "re-ranking; --norank: retrieval only.")
 flags.mark_flag_as_required("workdir")
+errors.require_directory("workdir")
+errors.require_directory("export_dir")
 cli_flags.define_config_flags()
 cli_flags.define_ranking_flags()
 FLAGS = flags.FLAGS

@@ -14,6 +14,7 @@ from twotower.cli import output
 flags.DEFINE_string("workdir", None, "Run directory of a finished twotower-train; the head "
                     "is written to WORKDIR/ranking (rerun to resume).")
 flags.mark_flag_as_required("workdir")
+errors.require_directory("workdir")
 cli_flags.define_ranking_flags(alias_unprefixed=True)
 FLAGS = flags.FLAGS
 

@@ -11,6 +11,7 @@ from twotower.cli import output
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.json, "
                     "vocabularies, config.json; rerun with the same one to resume.")
 flags.mark_flag_as_required("workdir")
+errors.require_directory("workdir")
 cli_flags.define_config_flags()
 FLAGS = flags.FLAGS
 

@@ -129,6 +129,8 @@ class _Layout:
   clean: bool = False
   # Bytes in the longest data record; 0 when the parser itself limits field sizes.
   longest: int = 0
+  # Per data record: whether it spans several physical lines (csv module path only).
+  multiline: Optional[np.ndarray] = None
 
 
 def _read_bytes(path: str) -> bytes:
@@ -431,7 +433,8 @@ def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
 
   return _Layout(header, header_line, np.asarray(lines, np.int64),
                  np.asarray([len(r) for r in rows], np.int64),
-                 np.asarray(undecodable, bool), parse)
+                 np.asarray(undecodable, bool), parse,
+                 multiline=np.asarray([any("\n" in v for v in r) for r in rows], bool))
 
 
 # ----------------------------------------------------------------------------------------
@@ -491,6 +494,8 @@ def _records(layout: _Layout, path: str, names: list[str], *, has_header: bool,
     n = int(layout.num_fields[i])
     hint = (f"a value contains an unquoted '{_printable(delimiter)}'" if n > width else
             "a value is missing")
+    if layout.multiline is not None and layout.multiline[i]:
+      hint = "a quoted value runs on past the end of its line (a missing closing quote?)"
     return DataError(f"expected {width} fields (as in {source}: {names}) but found {n}; "
                      f"{hint}", path=path, line=int(lines[i]))
 
@@ -527,9 +532,10 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
   """
   path = os.fspath(path)
   buf = _read_bytes(path)
+  required = list(dict.fromkeys([*required, *([key] if key else [])]))
   if not buf or buf.isspace():   # no stripped copy of the whole file
     expected = ("data rows" if names is not None else
-                "a header row naming the columns, e.g. user_id,item_id,timestamp")
+                f"a header row naming the columns, e.g. {','.join(required or ['id'])}")
     raise DataError(f"the file is empty; expected {expected}", path=path, line=1)
   delimiter = delimiter or _delimiter_for(path, buf)
   has_header = names is None
@@ -541,7 +547,6 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
     names, declared = _column_names(layout.header, path, layout.header_line)
   else:
     names, declared = list(names), {}
-  required = list(dict.fromkeys([*required, *([key] if key else [])]))
   missing = [c for c in required if c not in names]
   if missing:
     hint = ""
