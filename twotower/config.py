@@ -13,6 +13,9 @@ import json
 import math
 from typing import Literal, Optional, Sequence, get_args
 
+from twotower.errors import ConfigError
+
+Dataset = Literal["movielens-100k", "synthetic"]
 Optimizer = Literal["lazy_adam", "adam", "adagrad", "clippy_adagrad"]
 Distribution = Literal["none", "mirrored", "multi_worker"]
 Frequency = Literal["static", "streaming"]
@@ -20,6 +23,7 @@ MixedNegativesDistribution = Literal["uniform", "popularity"]
 RankingLoss = Literal["bce", "softmax"]
 RankingExamples = Literal["train", "valid"]
 
+DATASETS = get_args(Dataset)
 OPTIMIZERS = get_args(Optimizer)
 DISTRIBUTIONS = get_args(Distribution)
 FREQUENCIES = get_args(Frequency)
@@ -32,7 +36,7 @@ MAX_FREQUENCY_HASHES = 5
 
 @dataclasses.dataclass
 class DataConfig:
-  dataset: Optional[str] = "movielens-100k"   # movielens-100k | synthetic | None (files)
+  dataset: Optional[Dataset] = "movielens-100k"   # None: --interactions files
   interactions: Optional[str] = None
   user_features: Optional[str] = None
   item_features: Optional[str] = None
@@ -191,6 +195,8 @@ class Config:
         (l.mixed_negatives_distribution in MIXED_NEGATIVES_DISTRIBUTIONS,
          f"--mixed_negatives_distribution must be one of {MIXED_NEGATIVES_DISTRIBUTIONS}, "
          f"got {l.mixed_negatives_distribution!r}"),
+        (d.interactions or d.dataset in DATASETS,
+         f"--dataset must be one of {DATASETS} (or pass --interactions), got {d.dataset!r}"),
         (d.history_length > 0, f"--history_length must be positive, got {d.history_length}"),
         (0 <= d.valid_fraction < 1,
          f"--valid_fraction must be in [0, 1), got {d.valid_fraction}"),
@@ -223,7 +229,7 @@ class Config:
     names = ({f"{kind}@{k}" for kind in ("recall", "ndcg", "hit_rate") for k in t.eval_ks}
              | {"mrr"})
     if metric not in names:
-      raise ValueError(f"--early_stopping_metric must be one of {sorted(names)}, got "
+      raise ConfigError(f"--early_stopping_metric must be one of {sorted(names)}, got "
                        f"{metric!r}")
 
 
@@ -337,7 +343,7 @@ def _positive(value: float) -> bool:
 def _check(checks) -> None:
   for ok, message in checks:
     if not ok:
-      raise ValueError(message)
+      raise ConfigError(message)
 
 
 def _to_json(config) -> str:

@@ -13,3 +13,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """An option out of range or inconsistent with another; the message names the flag."""
+
+
+class InputError(UserError, ValueError):
+  """A request that cannot be served as given (unknown user field or item column, bad k)."""

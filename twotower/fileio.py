@@ -14,8 +14,10 @@ from typing import Iterator
 
 from absl import logging
 
+from twotower.errors import UserError
 
-class IntegrityError(ValueError):
+
+class IntegrityError(UserError, ValueError):
   """An artifact on disk is not what was written: corrupted, edited or mismatched."""
 
 

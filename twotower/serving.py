@@ -44,6 +44,7 @@ from twotower import fileio
 from twotower import index as index_lib
 from twotower.data import types
 from twotower.data.itemsets import ItemSets
+from twotower.errors import InputError
 
 IntegrityError = index_lib.IntegrityError
 # (users, candidate item ids per user) -> a score per candidate, higher is better.
@@ -131,14 +132,14 @@ def _as_token(value, field: str) -> str:
     return value
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
     return str(value)
-  raise ValueError(f"{field} must be a string (or an integer id), got "
+  raise InputError(f"{field} must be a string (or an integer id), got "
                    f"{type(value).__name__}: {value!r}")
 
 
 def _as_list(value, field: str) -> list:
   if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or isinstance(
       value, Mapping):
-    raise ValueError(f"{field} must be a list of item ids, got {type(value).__name__}: "
+    raise InputError(f"{field} must be a list of item ids, got {type(value).__name__}: "
                      f"{value!r:.80}")
   return list(value)
 
@@ -163,7 +164,7 @@ class Recommender:
     self.defaults = {key: np.asarray(value) for key, value in defaults.items()}
     self._user_index = pd.Index(self.defaults["user_id"].astype(object))
     if rerank_candidates < 1:
-      raise ValueError(f"rerank_candidates must be positive, got {rerank_candidates}")
+      raise InputError(f"rerank_candidates must be positive, got {rerank_candidates}")
     self.reranker = reranker
     self.rerank_candidates = int(rerank_candidates)
     # Item table column -> raw strings in corpus order (None: the export has no item table).
@@ -223,10 +224,10 @@ class Recommender:
     """A request with defaults filled in: {'user_id': str, 'history': [str] (the L most
     recent known items), feature: str}."""
     if not isinstance(user, Mapping):
-      raise ValueError(f"a user must be a dict of raw features, got {type(user).__name__}")
+      raise InputError(f"a user must be a dict of raw features, got {type(user).__name__}")
     unknown = set(user) - self._fields
     if unknown:
-      raise ValueError(f"unknown user field(s) {sorted(map(str, unknown))}; this model "
+      raise InputError(f"unknown user field(s) {sorted(map(str, unknown))}; this model "
                        f"takes {sorted(self._fields)}")
     value = user.get("user_id")
     user_id = "" if value is None else _as_token(value, "user_id")
@@ -308,15 +309,15 @@ class Recommender:
     if isinstance(columns, str):
       columns = [columns]
     if not isinstance(columns, Iterable) or isinstance(columns, Mapping):
-      raise ValueError(f"with_features must be True or item column names, got {columns!r}")
+      raise InputError(f"with_features must be True or item column names, got {columns!r}")
     out = []
     for name in columns:
       if not isinstance(name, str):
-        raise ValueError(f"item column names must be strings, got {name!r}")
+        raise InputError(f"item column names must be strings, got {name!r}")
       real = name if name in self.item_columns else self._find_column(
           COLUMN_ALIASES.get(name.lower(), (name.lower(),)))
       if real is None:
-        raise ValueError(f"unknown item feature column {name!r}; {self._available_columns()}")
+        raise InputError(f"unknown item feature column {name!r}; {self._available_columns()}")
       if real not in out:
         out.append(real)
     return out
@@ -384,7 +385,7 @@ class Recommender:
     """recommend() for many users at once (one embedding call, one batched search)."""
     columns = self._feature_columns(with_features)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-      raise ValueError(f"k must be a non-negative integer, got {k!r}")
+      raise InputError(f"k must be a non-negative integer, got {k!r}")
     users = self._as_users(users)
     if exclude_items is None:
       exclude_items = [()] * len(users)

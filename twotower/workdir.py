@@ -73,9 +73,10 @@ def load_trained(workdir: str) -> TrainedRun:
   for name, vocab in (("user_id", data.user_vocab), ("item_id", data.item_vocab)):
     saved = Vocabulary.load(wd.path("vocab", f"{name}.txt"))
     if not np.array_equal(saved.tokens, vocab.tokens):
-      raise ValueError(
-          f"the input data no longer matches {wd.vocab}/{name}.txt (the {name} vocabulary "
-          f"changed since training); retrain, or point the config at the original files")
+      raise types.DataError(
+          f"the input data no longer matches this vocabulary (the {name} vocabulary "
+          f"changed since training); retrain, or point the config at the original files",
+          path=wd.path("vocab", f"{name}.txt"))
   tf_keras.utils.set_random_seed(config.train.seed)
   model = restore_retrieval_model(workdir, data, config)
   return TrainedRun(config, data, model, raw.item_features)

@@ -269,10 +269,7 @@ def config_from_flags() -> config_lib.Config:
   config = config_lib.Config.from_dict(values)
   if config.data.interactions:
     config.data.dataset = None
-  try:
-    config.validate()
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
+  config.validate()
   return config
 
 
@@ -294,7 +291,7 @@ def ranking_options_from_flags(inherit: Iterable[str] = ()) -> dict:
              if field.name not in inherit or FLAGS[RANKING_PREFIX + field.name].present}
   try:
     config_lib.RankingConfig.from_dict(options).validate()
-  except ValueError as e:
+  except ConfigError as e:
     raise ConfigError(_ranking_flag_names(str(e))) from e
   return options
 
