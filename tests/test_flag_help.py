@@ -115,3 +115,34 @@ def test_rank_keeps_the_unprefixed_names_as_aliases():
   new = _ranking_options("rank", f"--flagfile={flagfile}", "--ranking_npratio=6",
                          "--ranking_epochs=2")
   assert old == new and old["npratio"] == 6 and old["epochs"] == 2 and "seed" in old
+
+
+# Runs twotower-pipeline's main() with its stages stubbed, up to the ranking stage, and
+# prints the options that stage receives.
+_PIPELINE_UP_TO_RANKING = """
+import json, sys
+from twotower.cli import pipeline
+from twotower.jobs import train as train_job, train_ranking as ranking_job
+
+class Reached(Exception):
+  pass
+
+def rank(workdir, **options):
+  raise Reached(options)
+
+train_job.train = lambda config, workdir: {"final": {"seed": config.train.seed}}
+ranking_job.train_ranking = rank
+pipeline.FLAGS(["twotower-pipeline", *sys.argv[1:]])
+try:
+  pipeline.main()
+except Reached as reached:
+  print(json.dumps(reached.args[0]))
+"""
+
+
+def test_pipeline_ranking_npratio_reaches_the_ranking_stage():
+  received = json.loads(_python(_PIPELINE_UP_TO_RANKING, "--workdir=unused",
+                                "--ranking_npratio=8", "--seed=7", "--noprogress"))
+  assert received["npratio"] == 8
+  assert received["seed"] == 7 and received["progress"] is False   # follow --seed, --progress
+  assert received["num_candidates"] == config_lib.RankingConfig().num_candidates
