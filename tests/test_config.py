@@ -59,6 +59,8 @@ def test_choices_are_literal_types_and_validated_against_them():
   hints = typing.get_type_hints(config_lib.TrainConfig)
   assert typing.get_args(hints["optimizer"]) == config_lib.OPTIMIZERS
   assert typing.get_args(hints["distribution"]) == ("none", "mirrored", "multi_worker")
+  dataset = typing.get_type_hints(config_lib.DataConfig)["dataset"]
+  assert typing.get_args(typing.get_args(dataset)[0]) == ("movielens-100k", "synthetic")
   assert typing.get_args(typing.get_type_hints(config_lib.LossConfig)["frequency"]) == (
       "static", "streaming")
   ranking = typing.get_type_hints(RankingConfig)
@@ -68,6 +70,12 @@ def test_choices_are_literal_types_and_validated_against_them():
   config.train.distribution = "tpu"
   with pytest.raises(ValueError, match=r"--distribution must be one of \('none'"):
     config.validate()
+  config = Config()
+  config.data.dataset = "movielens-1m"
+  with pytest.raises(ValueError, match="--dataset must be one of"):
+    config.validate()
+  config.data.interactions = "events.csv"     # files instead of a built-in dataset
+  config.validate()
 
 
 def test_hash_limit_matches_the_streaming_estimator():

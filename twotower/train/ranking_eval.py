@@ -15,7 +15,8 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from twotower import ranking_metrics
+from twotower import metrics as metrics_lib
+from twotower import ranking_metrics, topk
 from twotower.config import RankingConfig
 from twotower.data import prepare as prepare_lib
 from twotower.data import splits
@@ -24,7 +25,7 @@ from twotower.data.pipeline import FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import RankingModel
-from twotower.train.ranking_mining import contains, pair_keys, top_n
+from twotower.train.ranking_mining import contains, pair_keys
 
 END_TO_END_KS = (10,)
 IMPRESSION_KS = (5, 10)
@@ -65,7 +66,8 @@ def held_out_set(data: prepare_lib.PreparedData, encoder: Encoder, corpus: np.nd
                       np.zeros((0, config.num_candidates), np.int64),
                       ItemSets.from_lists([]), empty, empty, np.zeros(0, np.float32))
   query_embeddings = encoder.users(queries.user, queries.history)
-  candidates = top_n(query_embeddings, corpus, config.num_candidates, queries.exclude)
+  candidates = topk.top_k_items(query_embeddings, corpus, config.num_candidates,
+                                 queries.exclude)[0]
   # Held-out items per query row, positive if any of its events passes the threshold.
   idx = np.flatnonzero((ev.split == split_code) & np.isin(ev.user, queries.user))
   row = np.searchsorted(queries.user, ev.user[idx])
@@ -149,19 +151,15 @@ def top_k_metrics(ranked: np.ndarray, targets: ItemSets, num_items: int,
   over the rows with targets (the protocol of twotower.evaluate)."""
   sizes = targets.lengths()
   ok = sizes > 0
-  ranked, sizes = ranked[ok], sizes[ok]
-  rows = np.flatnonzero(ok)
-  keys = np.sort(pair_keys(np.repeat(np.arange(targets.num_rows), targets.lengths()),
-                            targets.indices, num_items))
-  hits = contains(keys, pair_keys(rows[:, None], ranked, num_items)) & (ranked >= 0)
+  if not ok.any():
+    return {f"{metric}@{k}": 0.0 for k in ks for metric in ("ndcg", "recall")}
+  keys = np.sort(pair_keys(np.repeat(np.arange(targets.num_rows), sizes), targets.indices,
+                           num_items))
+  hits = metrics_lib.hit_matrix(ranked, keys, num_items)[ok]
   out = {}
-  for k in ks:
-    h = hits[:, :k].astype(np.float64)
-    discount = 1.0 / np.log2(np.arange(2, h.shape[1] + 2))
-    ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[np.minimum(sizes, k) - 1]
-    out[f"ndcg@{k}"] = float(np.mean((h * discount).sum(axis=1) / ideal)) if len(h) else 0.0
-    out[f"recall@{k}"] = (float(np.mean(h.sum(axis=1) / np.minimum(sizes, k)))
-                          if len(h) else 0.0)
+  for k, recall, ndcg, _ in metrics_lib.Cutoffs(ks, ranked.shape[1]).per_row(hits, sizes[ok]):
+    out[f"ndcg@{k}"] = float(np.mean(ndcg))
+    out[f"recall@{k}"] = float(np.mean(recall))
   return out
 
 

@@ -17,21 +17,12 @@ import dataclasses
 
 import numpy as np
 
-from twotower import evaluate as evaluate_lib
+from twotower import topk
 from twotower.config import RankingConfig
 from twotower.data import prepare as prepare_lib
 from twotower.data import splits
 from twotower.data.itemsets import ItemSets
 from twotower.model.encoding import Encoder
-
-
-def top_n(queries: np.ndarray, corpus: np.ndarray, n: int, exclude: ItemSets) -> np.ndarray:
-  """Exact top-n corpus indices [Q, n] (-1 where the corpus runs out), excluded items out."""
-  top = evaluate_lib.top_k_items(queries, corpus, n, exclude)
-  top = np.asarray(top[0] if isinstance(top, tuple) else top, np.int64)
-  if top.shape[1] < n:   # a corpus smaller than n
-    top = np.pad(top, ((0, 0), (0, n - top.shape[1])), constant_values=-1)
-  return top
 
 
 def pair_keys(rows: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
@@ -105,7 +96,8 @@ def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
     history = prepare_lib.gather_history(ev.item, ev.user_start[idx], ev.history_end[idx],
                                          history_length)
     queries = encoder.users(ev.user[idx], history)
-    top = top_n(queries, corpus, config.num_candidates, user_seen.subset(ev.user[idx]))
+    top = topk.top_k_items(queries, corpus, config.num_candidates,
+                           user_seen.subset(ev.user[idx]))[0]
     candidates[lo:lo + len(idx)] = top
     # The positive (excluded as a known item) would make the top-N iff it outscores the
     # N-th candidate; a short list means the corpus ran out, so everything makes it.
