@@ -37,7 +37,7 @@ def tiny_config():
 def tiny_scann_export(tmp_path_factory):
   """A real export with a ScaNN searcher (under index/) of a tiny trained model; tests that
   tamper with it work on copies."""
-  from twotower import export as export_lib
+  from twotower.jobs import export as export_job
   from twotower.jobs import index as index_job
   from twotower.jobs import train as train_job
   root = tmp_path_factory.mktemp("tiny_export")
@@ -45,4 +45,4 @@ def tiny_scann_export(tmp_path_factory):
   os.makedirs(workdir)
   train_job.train(tiny_config(), workdir)
   index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=50)
-  return export_lib.export(workdir, str(root / "export"))
+  return export_job.export(workdir, str(root / "export"))

@@ -17,6 +17,7 @@ import pytest
 from twotower import export as export_lib
 from twotower import fileio
 from twotower import index as index_lib
+from twotower.jobs import export as export_job
 from twotower.jobs import index as index_job
 from twotower import serving
 from twotower.config import Config
@@ -94,9 +95,9 @@ def run(tmp_path_factory):
   os.makedirs(workdir)
   train_job.train(_config(_write_dataset(str(root))), workdir)
   bf_report = index_job.build_index(workdir, force_brute_force=True, num_tuning_queries=100)
-  bf_dir = export_lib.export(workdir, str(root / "export_bf"))
+  bf_dir = export_job.export(workdir, str(root / "export_bf"))
   scann_report = index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=150)
-  scann_dir = export_lib.export(workdir, str(root / "export_scann"))
+  scann_dir = export_job.export(workdir, str(root / "export_scann"))
   return {"workdir": workdir, "bf": bf_dir, "scann": scann_dir, "root": root,
           "bf_report": bf_report, "scann_report": scann_report}
 
@@ -161,7 +162,7 @@ def test_export_requires_an_index(run, tmp_path):
   workdir = str(tmp_path / "noindex")
   shutil.copytree(run["workdir"], workdir, ignore=shutil.ignore_patterns("index", "export*"))
   with pytest.raises(FileNotFoundError, match="twotower-index"):
-    export_lib.export(workdir)
+    export_job.export(workdir)
 
 
 def test_interrupted_re_export_leaves_the_old_export(run, tmp_path, monkeypatch):
@@ -172,9 +173,9 @@ def test_interrupted_re_export_leaves_the_old_export(run, tmp_path, monkeypatch)
   def boom(*args, **kwargs):
     raise KeyboardInterrupt("killed mid-export")
 
-  monkeypatch.setattr(export_lib, "_save_query_model", boom)
+  monkeypatch.setattr(export_job, "_save_query_model", boom)
   with pytest.raises(KeyboardInterrupt):
-    export_lib.export(run["workdir"], target)
+    export_job.export(run["workdir"], target)
   assert fileio.file_hashes(target) == before
   assert os.listdir(tmp_path) == ["export"]
   serving.Recommender.load(target)

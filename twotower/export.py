@@ -1,4 +1,5 @@
-"""The serving export: a query SavedModel that takes raw strings, the index, and a manifest.
+"""What a serving export holds: a query SavedModel that takes raw strings, the index, the
+users' defaults and the item table (written by the job ``twotower.jobs.export.export``).
 
 Layout of ``export_dir`` (pinned in DESIGN.md):
 
@@ -31,32 +32,26 @@ rename (``twotower.fileio.atomic_directory``): a reader never sees half an expor
 """
 from __future__ import annotations
 
-import datetime
-import hashlib
 import json
 import os
-import platform
-import shutil
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
-from absl import logging
 
-import twotower
-from twotower import fileio
+from twotower import fileio, topk
 from twotower import index as index_lib
-from twotower import topk
 from twotower.data import types
 from twotower.data.features import SEPARATORS
 from twotower.data.histories import latest_histories
 from twotower.data.vocab import PAD, Vocabulary
-from twotower.export_layout import (FORMAT, INDEX_DIR, ITEM_FEATURES, MANIFEST, QUERY_MODEL,
-                                    USER_DEFAULTS)
+from twotower.export_layout import ITEM_FEATURES, MANIFEST, USER_DEFAULTS
+
+__all__ = ["ITEM_FEATURES", "MANIFEST", "USER_DEFAULTS", "SCANN_NAMESPACE", "build_query_module",
+           "default_inputs", "lookup_ids", "lookup_table", "right_align", "tokenize",
+           "user_defaults", "write_item_features"]
 
 SCANN_NAMESPACE = "Scann"
-_PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas",
-             "absl-py")
 
 
 # --------------------------------------------------------------------------- in-graph
@@ -260,162 +255,6 @@ def write_item_features(path: str, item_ids: np.ndarray,
     lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
   fileio.atomic_write_bytes(path, "".join(lines).encode("utf-8"))
   return columns
-
-
-# --------------------------------------------------------------------------- export
-
-
-def _versions() -> dict:
-  out = {"python": platform.python_version(), "twotower": twotower.__version__}
-  for package in _PACKAGES:
-    out[package] = index_lib.package_version(package)
-  return out
-
-
-def _shared_name(index_meta: dict) -> str:
-  """Process-wide cache key of the in-graph searcher: a function of the index files."""
-  digest = hashlib.sha256(json.dumps(index_meta["files"], sort_keys=True).encode())
-  return f"twotower_scann_{digest.hexdigest()[:32]}"
-
-
-def export(workdir: str, export_dir: Optional[str] = None, *,
-           include_ranking: Optional[bool] = None,
-           extra_writers: Sequence[Callable[[object, str], None]] = ()) -> str:
-  """Writes the serving export of a trained and indexed workdir; returns its path.
-
-  ``include_ranking``: add the ranking head's SavedModel (``ranking_model/``, which
-  ``Recommender.load`` then uses to re-rank); None: whenever the workdir has a trained head.
-  ``extra_writers`` are called as ``writer(run, dir)`` inside the temporary export directory
-  before the manifest, so their files are swapped in atomically and fingerprinted with the
-  rest.
-  """
-  from twotower.train import ranking_run as ranking_lib
-  from twotower.model.encoding import Encoder
-  from twotower.workdir import Workdir, load_trained
-  wd = Workdir(workdir)
-  has_head = ranking_lib.has_ranking_head(workdir)
-  if include_ranking and not has_head:
-    raise FileNotFoundError(f"{workdir} holds no trained ranking head; run twotower-rank "
-                            f"--workdir={workdir} first, or export without it")
-  include_ranking = has_head if include_ranking is None else include_ranking
-  export_dir = os.path.abspath(export_dir or wd.export)
-  if not os.path.exists(os.path.join(wd.index, index_lib.INDEX_JSON)):
-    raise FileNotFoundError(
-        f"{wd.index} holds no candidate index: run twotower-index --workdir={workdir} "
-        f"before twotower-export")
-  run = load_trained(workdir)
-  index = index_lib.load_index(wd.index)
-  encoder = Encoder(run.model, run.data)
-  current = encoder.items()
-  if current.shape != index.embeddings.shape or not np.allclose(
-      current, index.embeddings, atol=1e-4):
-    raise index_lib.IntegrityError(
-        f"{wd.index} was built from other item embeddings than the trained model's (was the "
-        f"model retrained?); rerun twotower-index --workdir={workdir}")
-  history_length = run.config.data.history_length
-  defaults = user_defaults(run.data, history_length)
-  # Reference embeddings of a few known users through the training-time path (this also
-  # builds the user tower, whose restored weights are created on first call).
-  users, history = latest_histories(run.data, history_length)
-  check = np.linspace(0, len(users) - 1, min(len(users), 16)).astype(int)
-  expected = encoder.users(users[check], history[check])
-  check_rows = users[check] - run.data.user_vocab.offset
-
-  with fileio.atomic_directory(export_dir) as tmp:
-    index_meta = _copy_index(wd.index, tmp)
-    np.savez(os.path.join(tmp, USER_DEFAULTS), **defaults)
-    item_columns = write_item_features(os.path.join(tmp, ITEM_FEATURES),
-                                       run.data.item_vocab.tokens, run.item_table)
-    _save_query_model(run, index, index_meta, os.path.join(tmp, INDEX_DIR),
-                      os.path.join(tmp, QUERY_MODEL), history_length, defaults,
-                      check_rows, expected)
-    writers = list(extra_writers)
-    if include_ranking:
-      writers.insert(0, lambda run_, out: ranking_lib.export_ranking_model(workdir, out, run_))
-    for writer in writers:
-      writer(run, tmp)
-    manifest = {
-        "format": FORMAT,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "config": json.loads(run.config.to_json()),
-        "workdir": os.path.abspath(workdir),
-        "index": {k: index_meta[k] for k in ("kind", "metric", "num_items", "dim",
-                                             "fingerprint", "params", "searcher_dir")},
-        "history_length": history_length,
-        "user_features": [s.describe() for s in run.data.user_features.specs],
-        "item_features": ({"path": ITEM_FEATURES, "columns": item_columns}
-                          if item_columns is not None else None),
-        "query_model": {
-            "path": QUERY_MODEL,
-            "requires": (["tensorflow", "scann"] if index.kind == index_lib.SCANN
-                         else ["tensorflow"]),
-            "signatures": {
-                "serving_default": ("top-k item ids and scores"
-                                    + (" (ScaNN)" if index.kind == index_lib.SCANN
-                                       else " (exact)")),
-                "brute_force": "exact top-k item ids and scores",
-                "embed": "user embedding"},
-            "inputs": {"user_id": "string [B]", "history": "string [B, L] ('' padded)",
-                       **{s.name: "string [B]" + (" (space/'|'-separated tokens)"
-                                                  if s.kind == types.TOKEN_SEQ else "")
-                          for s in run.data.user_features.specs},
-                       "k": "int32 scalar (serving_default, brute_force)"},
-            "shared_name": _shared_name(index_meta)},
-        "ranking_model": ({"path": ranking_lib.SAVED_MODEL_DIR, "requires": ["tensorflow"],
-                           "signatures": {"serving_default": "scores of candidate item ids"}}
-                          if include_ranking else None),
-        "files": {rel: {"sha256": digest,
-                        "bytes": os.path.getsize(os.path.join(tmp, *rel.split("/")))}
-                  for rel, digest in fileio.file_hashes(tmp).items()},
-    }
-    fileio.atomic_write_json(os.path.join(tmp, MANIFEST), manifest)
-  logging.info("exported %s (%s index over %d items)", export_dir, index.kind, index.num_items)
-  return export_dir
-
-
-def _copy_index(index_dir: str, tmp: str) -> dict:
-  """Copies the workdir's index into the export (searcher under index/), byte for byte."""
-  meta = fileio.read_json(os.path.join(index_dir, index_lib.INDEX_JSON))
-  files = {}
-  for rel, digest in meta["files"].items():
-    parts = rel.split("/")
-    if meta.get("searcher_dir") and parts[0] == meta["searcher_dir"]:
-      parts = [INDEX_DIR] + parts[1:]
-    dst = os.path.join(tmp, *parts)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    shutil.copyfile(os.path.join(index_dir, *rel.split("/")), dst)
-    files["/".join(parts)] = digest
-  meta["files"] = files
-  if meta.get("searcher_dir"):
-    meta["searcher_dir"] = INDEX_DIR
-  fileio.atomic_write_json(os.path.join(tmp, index_lib.INDEX_JSON), meta)
-  fileio.verify_files(tmp, files, "export", "rerun twotower-export")
-  return meta
-
-
-def _save_query_model(run, index, index_meta, searcher_dir, path, history_length, defaults,
-                      check_rows, expected):
-  import tensorflow as tf
-  module, signatures = build_query_module(
-      run.model.user_tower, run.data, history_length, index,
-      index_lib.load_item_ids(os.path.join(os.path.dirname(path), index_lib.ITEM_IDS)),
-      searcher_dir if index.kind == index_lib.SCANN else None, _shared_name(index_meta))
-  specs = run.data.user_features.specs
-  # The raw-string graph must reproduce the training-time embeddings of known users.
-  if len(check_rows):
-    got = module.embed(default_inputs(specs, defaults, check_rows))["embedding"].numpy()
-    if not np.allclose(got, expected, atol=1e-5):
-      raise AssertionError("the exported query model disagrees with the trained user tower "
-                           f"(max |diff| {np.abs(got - expected).max():.3g})")
-  # Warm-up: traces every signature and, for ScaNN, builds the in-graph searcher once.
-  sample = default_inputs(specs, defaults, check_rows[:1], k=min(10, index.num_items))
-  for name in ("top_k", "brute_force"):
-    out = getattr(module, name)(sample)
-    if not np.isfinite(out["scores"].numpy()).all():
-      raise ValueError(f"the exported {name} function returned non-finite scores")
-  tf.saved_model.save(module, path, signatures=signatures,
-                      options=tf.saved_model.SaveOptions(namespace_whitelist=[SCANN_NAMESPACE]))
 
 
 def default_inputs(specs, defaults: dict, rows, k: Optional[int] = None) -> dict:

@@ -27,8 +27,8 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
     options = {"progress": config.train.progress, "seed": config.train.seed,
                **(ranking_options or {})}
     summary["ranking"] = train_ranking(workdir, **options)["final"]
-  from twotower import export, serving
-  from twotower.jobs import index
+  from twotower import serving
+  from twotower.jobs import export, index
   summary["index"] = index.build_index(workdir)
   export_dir = export.export(workdir, export_dir, include_ranking=rank)
   summary["export_dir"] = export_dir

@@ -1,5 +1,5 @@
 """The one exact top-k: every item scored by dot product, excluded items never ranked, equal
-scores to the lower item index (the evaluation protocol, docs/design.md).
+scores to the lower item index (the protocol of twotower.evaluate).
 
 Evaluation, mining, the index's brute force, its recall measurement, serving's exclusions
 and the export's brute-force signature all rank with this module, so they agree on every
