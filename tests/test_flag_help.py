@@ -146,3 +146,13 @@ def test_pipeline_ranking_npratio_reaches_the_ranking_stage():
   assert received["npratio"] == 8
   assert received["seed"] == 7 and received["progress"] is False   # follow --seed, --progress
   assert received["num_candidates"] == config_lib.RankingConfig().num_candidates
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_helpshort_lists_the_jobs_own_flags_with_their_help(job_helps, job):
+  done = subprocess.run([sys.executable, "-m", f"twotower.cli.{job}", "--helpshort"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", done.stdout, flags=re.MULTILINE))
+  assert listed == set(job_helps[job]), set(job_helps[job]) ^ listed
+  assert f"twotower-{job}:" in done.stdout   # the job module's docstring heads the usage

@@ -20,6 +20,7 @@ import twotower
 from twotower.errors import UserError
 
 USAGE_EXIT_CODE = 2
+_HELP_FLAGS = {"-?", "-h", "--help", "--helpshort", "--helpfull", "--helpxml"}
 
 flags.DEFINE_bool("debug", False, "On a user error (bad input, flag or path), print the "
                   "Python traceback above the one-line message, and show TensorFlow's C++ "
@@ -80,6 +81,10 @@ def run_job(job: str, main: Callable[[], object], argv: Sequence[str] = None) ->
       remaining = FLAGS(args)
     except flags.Error as e:
       fail(job, e)
+    except SystemExit as e:   # absl's --help exits 1, which reads as a failure
+      if e.code == 1 and _HELP_FLAGS & {arg.split("=")[0] for arg in args[1:]}:
+        sys.exit(0)
+      raise
     if FLAGS.debug and not twotower._TF_LOG_LEVEL_FROM_USER:
       os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"   # read when TensorFlow loads, in main
     return remaining
@@ -97,4 +102,17 @@ def run_job(job: str, main: Callable[[], object], argv: Sequence[str] = None) ->
         traceback.print_exc()
       fail(job, e)
 
+  _show_in_help(main)
   app.run(run_main, argv=None if argv is None else list(argv), flags_parser=parse_flags)
+
+
+def _show_in_help(main: Callable[[], object]) -> None:
+  """--help and --helpshort list the flags of the main module (a console script defines
+  none) under its docstring: make them the job's flags and the job module's docstring."""
+  for module, defined in FLAGS.flags_by_module_dict().items():
+    if module.startswith("twotower"):
+      for flag in defined:
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  entry = sys.modules.get("__main__")
+  if entry is not None and not entry.__doc__:
+    entry.__doc__ = sys.modules[main.__module__].__doc__
