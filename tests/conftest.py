@@ -33,16 +33,23 @@ def tiny_config():
   return config
 
 
+def build_tiny_export(root, seed: int = 0) -> str:
+  """Trains tiny_config() with ``seed`` under ``root``, indexes it with ScaNN and exports it;
+  returns the export directory."""
+  from twotower.jobs import export as export_job
+  from twotower.jobs import index as index_job
+  from twotower.jobs import train as train_job
+  workdir = str(root / "workdir")
+  os.makedirs(workdir)
+  config = tiny_config()
+  config.train.seed = seed
+  train_job.train(config, workdir)
+  index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=50)
+  return export_job.export(workdir, str(root / "export"))
+
+
 @pytest.fixture(scope="session")
 def tiny_scann_export(tmp_path_factory):
   """A real export with a ScaNN searcher (under index/) of a tiny trained model; tests that
   tamper with it work on copies."""
-  from twotower.jobs import export as export_job
-  from twotower.jobs import index as index_job
-  from twotower.jobs import train as train_job
-  root = tmp_path_factory.mktemp("tiny_export")
-  workdir = str(root / "workdir")
-  os.makedirs(workdir)
-  train_job.train(tiny_config(), workdir)
-  index_job.build_index(workdir, brute_force_below=0, num_tuning_queries=50)
-  return export_job.export(workdir, str(root / "export"))
+  return build_tiny_export(tmp_path_factory.mktemp("tiny_export"))
