@@ -153,21 +153,35 @@ def test_concurrent_batches_equal_single_threaded(rec):
   assert results == expected
 
 
+@pytest.fixture(scope="module")
+def other_export(tmp_path_factory):
+  """The same tiny model trained with another seed: other weights, other answers."""
+  from conftest import build_tiny_export
+  return build_tiny_export(tmp_path_factory.mktemp("tiny_export_seed1"), seed=1)
+
+
 def test_live_reload_while_serving_swaps_atomically_and_refuses_bad_exports(
-    rec, tiny_scann_export, tmp_path):
+    rec, tiny_scann_export, other_export, tmp_path):
+  """Clients ask throughout; each answer is wholly one export's. Which one answers is known
+  before and after every reload, and a failed reload leaves the previous one serving."""
   import shutil
-  copy = str(tmp_path / "export_v2")
-  shutil.copytree(tiny_scann_export, copy)
-  live = serving.LiveRecommender.load(tiny_scann_export)
   users = [{"user_id": str(u)} for u in rec.defaults["user_id"][:20]]
-  expected = [rec.recommend(u, k=K) for u in users]
+  v1 = [rec.recommend(u, k=K) for u in users]
+  other = serving.Recommender.load(other_export)
+  v2 = [other.recommend(u, k=K) for u in users]
+  assert sum(a != b for a, b in zip(v1, v2)) >= len(users) // 2   # the two are told apart
+  live = serving.LiveRecommender.load(tiny_scann_export)
+
+  def answers():
+    return [live.recommend(u, k=K) for u in users]
+
   stop, errors, served = threading.Event(), [], [0]
 
   def client():
     while not stop.is_set():
       try:
-        for u, want in zip(users, expected):
-          assert live.recommend(u, k=K) == want
+        for u, one, two in zip(users, v1, v2):
+          assert live.recommend(u, k=K) in (one, two)    # never a mix of the two exports
           served[0] += 1
       except Exception as e:  # pylint: disable=broad-except
         errors.append(e)
@@ -176,17 +190,19 @@ def test_live_reload_while_serving_swaps_atomically_and_refuses_bad_exports(
   threads = [threading.Thread(target=client) for _ in range(4)]
   for thread in threads:
     thread.start()
+  assert answers() == v1
   first = live.current
-  assert live.reload(copy) is first and live.current is not first
+  assert live.reload(other_export) is first and live.current is not first
+  assert answers() == v2
   broken = str(tmp_path / "broken")
-  shutil.copytree(copy, broken)
+  shutil.copytree(tiny_scann_export, broken)
   os.remove(os.path.join(broken, export_lib.MANIFEST))
   with pytest.raises(FileNotFoundError, match="manifest.json"):
     live.reload(broken)
-  good = live.current                       # the failed reload left the v2 export serving
+  assert answers() == v2                    # the failed reload left the seed-1 export serving
   live.reload(tiny_scann_export)
+  assert answers() == v1
   stop.set()
   for thread in threads:
     thread.join()
   assert not errors and served[0] > 0
-  assert live.current is not good
