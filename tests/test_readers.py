@@ -586,3 +586,16 @@ def test_a_directory_or_a_keyless_table_is_a_located_error(tmp_path):
   empty = _write(tmp_path, "items.csv", "")
   with pytest.raises(DataError, match="expected a header row .* e.g. item_id$"):
     readers.read_features(empty, "item_id")
+
+
+@pytest.mark.parametrize("encoding, words", [("utf-16", ["UTF-16", "re-save"]),
+                                             ("gzip", ["gzip", "decompress"])])
+def test_utf16_and_compressed_files_are_named_as_such(tmp_path, encoding, words):
+  import gzip
+  text = "user_id,item_id,timestamp\nu1,i1,1\n"
+  content = gzip.compress(text.encode()) if encoding == "gzip" else text.encode(encoding)
+  path = _write(tmp_path, "log.csv", content)
+  with pytest.raises(DataError) as e:
+    readers.read_interactions(path)
+  _assert_located(e.value, path, 1)
+  assert all(w in str(e.value) for w in words), str(e.value)

@@ -133,6 +133,14 @@ class _Layout:
   multiline: Optional[np.ndarray] = None
 
 
+# Leading bytes of files that are not text a reader can take, and what they are. UTF-32's
+# little-endian mark begins with UTF-16's, so it comes first.
+_NOT_TEXT = ((b"\xff\xfe\x00\x00", "UTF-32 text"), (b"\x00\x00\xfe\xff", "UTF-32 text"),
+             (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text"),
+             (b"\x1f\x8b", "gzip-compressed"), (b"\xfd7zXZ\x00", "xz-compressed"),
+             (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"PK\x03\x04", "a zip archive"))
+
+
 def _read_bytes(path: str) -> bytes:
   if not os.path.exists(path):
     raise DataError("file not found", path=path)
@@ -140,6 +148,11 @@ def _read_bytes(path: str) -> bytes:
     raise DataError("is a directory, expected a CSV or TSV file", path=path)
   with open(path, "rb") as f:
     buf = f.read()
+  kind = next((kind for magic, kind in _NOT_TEXT if buf.startswith(magic)), None)
+  if kind:
+    raise DataError(f"is {kind}, not a UTF-8 CSV or TSV file; "
+                    f"{'re-save it as UTF-8' if 'UTF' in kind else 'decompress it first'}",
+                    path=path, line=1)
   if b"\r" in buf and b"\n" not in buf:   # classic Mac line endings: bare CRs
     buf = buf.replace(b"\r", b"\n")
   return buf[3:] if buf.startswith(b"\xef\xbb\xbf") else buf
