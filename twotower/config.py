@@ -351,8 +351,12 @@ def _to_json(config) -> str:
 
 
 def _read(path) -> dict:
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:   # a broken file in a run directory: the user's to fix
+    raise ConfigError(f"{path} is not valid JSON ({e}); restore it, or train into a new "
+                      f"--workdir") from None
 
 
 def _build(kind, values: dict, what: str):
