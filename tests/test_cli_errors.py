@@ -79,6 +79,9 @@ def _cases(tmp):
       ("evaluate", [f"--workdir={empty_dir}"], ["config.json", "twotower-train"]),
       ("evaluate", [f"--workdir={empty_dir}", "--ks=10,x"], ["--ks"]),
       ("recommend", [f"--export_dir={empty_dir}", "--user_id=u1"], ["manifest.json"]),
+      ("recommend", [f"--export_dir={path('broken_run')}", "--user_id=u1"],
+       ["manifest.json", "corrupted"]),
+      ("evaluate", [f"--workdir={path('broken_run')}"], ["config.json", "not valid JSON"]),
       ("recommend", [f"--export_dir={path('no_export')}", "--user_id=u1"], ["no_export"]),
       ("recommend", [f"--export_dir={empty_dir}"], ["--user_id is required"]),
       ("recommend", [f"--export_dir={empty_dir}", "--user_id=u1", "--k=ten"], ["--k=ten"]),
@@ -98,6 +101,10 @@ def outcomes(tmp_path_factory):
     with open(os.path.join(tmp, name), "wb") as f:
       f.write(content if isinstance(content, bytes) else content.encode("utf-8"))
   os.makedirs(os.path.join(tmp, "empty_run"))
+  os.makedirs(os.path.join(tmp, "broken_run", "checkpoints"))   # a run and an export, damaged
+  for name in ("config.json", "manifest.json", os.path.join("checkpoints", "best.index")):
+    with open(os.path.join(tmp, "broken_run", name), "w") as f:
+      f.write("{not json")
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   cases = _cases(tmp)
   with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
