@@ -87,7 +87,8 @@ class LossConfig:
   frequency_hashes: int = 2                   # streaming: hash functions
   frequency_learning_rate: float = 0.01       # streaming: Yi et al.'s alpha
   mixed_negatives: int = 0                    # B' corpus-sampled negatives per step (MNS)
-  mixed_negatives_distribution: MixedNegativesDistribution = "uniform"   # uniform | popularity (count^0.75)
+  # Corpus sampling of the mixed negatives: uniform, or popularity (count^0.75).
+  mixed_negatives_distribution: MixedNegativesDistribution = "uniform"
 
 
 @dataclasses.dataclass
@@ -140,8 +141,8 @@ class Config:
 
   def validate(self) -> None:
     """Flag errors up front, each naming its flag, before minutes of data loading."""
-    t, l, d, m = self.train, self.loss, self.data, self.model
-    not_streaming = l.frequency != "streaming"   # the frequency_* flags only matter there
+    t, loss, d, m = self.train, self.loss, self.data, self.model
+    not_streaming = loss.frequency != "streaming"   # the frequency_* flags only matter there
     _check([
         (t.batch_size > 0, f"--batch_size must be positive, got {t.batch_size}"),
         (t.epochs > 0, f"--epochs must be positive, got {t.epochs}"),
@@ -159,42 +160,42 @@ class Config:
          f"--checkpoint_every_steps must be >= 0, got {t.checkpoint_every_steps}"),
         (t.distribution in DISTRIBUTIONS,
          f"--distribution must be one of {DISTRIBUTIONS}, got {t.distribution!r}"),
-        (_positive(l.temperature), f"--temperature must be positive, got {l.temperature}"),
-        (l.queue_size >= -1,
-         f"--queue_size must be -1 (auto), 0 (off) or positive, got {l.queue_size}"),
-        (l.queue_size <= 0 or l.queue_size >= t.batch_size,
-         f"--queue_size ({l.queue_size}) must be at least --batch_size ({t.batch_size}), or 0 "
+        (_positive(loss.temperature), f"--temperature must be positive, got {loss.temperature}"),
+        (loss.queue_size >= -1,
+         f"--queue_size must be -1 (auto), 0 (off) or positive, got {loss.queue_size}"),
+        (loss.queue_size <= 0 or loss.queue_size >= t.batch_size,
+         f"--queue_size ({loss.queue_size}) must be at least --batch_size ({t.batch_size}), or 0 "
          f"for in-batch only"),
-        (l.query_memory_size >= -1,
+        (loss.query_memory_size >= -1,
          f"--query_memory_size must be -1 (the queue's size), 0 (off) or positive, got "
-         f"{l.query_memory_size}"),
-        (l.query_memory_size <= 0 or l.queue_size != 0,
+         f"{loss.query_memory_size}"),
+        (loss.query_memory_size <= 0 or loss.queue_size != 0,
          "--query_memory_size needs the item queue (--queue_size != 0): without it the "
          "batch's items meet more users than the users meet items, and training degrades "
          "(experiments/RESULTS.md)"),
-        (l.queue_warmup_steps >= 0,
-         f"--queue_warmup_steps must be >= 0, got {l.queue_warmup_steps}"),
-        (l.queue_warmup_drift >= 0,
-         f"--queue_warmup_drift must be >= 0, got {l.queue_warmup_drift}"),
-        (l.queue_warmup_drift == 0 or t.drift_every_steps > 0,
+        (loss.queue_warmup_steps >= 0,
+         f"--queue_warmup_steps must be >= 0, got {loss.queue_warmup_steps}"),
+        (loss.queue_warmup_drift >= 0,
+         f"--queue_warmup_drift must be >= 0, got {loss.queue_warmup_drift}"),
+        (loss.queue_warmup_drift == 0 or t.drift_every_steps > 0,
          "--queue_warmup_drift needs the drift monitor: set --drift_every_steps > 0"),
         (t.drift_every_steps >= 0,
          f"--drift_every_steps must be >= 0, got {t.drift_every_steps}"),
         (t.drift_sample_size > 0,
          f"--drift_sample_size must be positive, got {t.drift_sample_size}"),
-        (l.frequency in FREQUENCIES,
-         f"--frequency must be 'static' or 'streaming', got {l.frequency!r}"),
-        (not_streaming or l.frequency_buckets >= 0,
-         f"--frequency_buckets must be >= 0, got {l.frequency_buckets}"),
-        (not_streaming or 1 <= l.frequency_hashes <= MAX_FREQUENCY_HASHES,
+        (loss.frequency in FREQUENCIES,
+         f"--frequency must be 'static' or 'streaming', got {loss.frequency!r}"),
+        (not_streaming or loss.frequency_buckets >= 0,
+         f"--frequency_buckets must be >= 0, got {loss.frequency_buckets}"),
+        (not_streaming or 1 <= loss.frequency_hashes <= MAX_FREQUENCY_HASHES,
          f"--frequency_hashes must be in [1, {MAX_FREQUENCY_HASHES}], got "
-         f"{l.frequency_hashes}"),
-        (not_streaming or 0 < l.frequency_learning_rate <= 1,
-         f"--frequency_learning_rate must be in (0, 1], got {l.frequency_learning_rate}"),
-        (l.mixed_negatives >= 0, f"--mixed_negatives must be >= 0, got {l.mixed_negatives}"),
-        (l.mixed_negatives_distribution in MIXED_NEGATIVES_DISTRIBUTIONS,
+         f"{loss.frequency_hashes}"),
+        (not_streaming or 0 < loss.frequency_learning_rate <= 1,
+         f"--frequency_learning_rate must be in (0, 1], got {loss.frequency_learning_rate}"),
+        (loss.mixed_negatives >= 0, f"--mixed_negatives must be >= 0, got {loss.mixed_negatives}"),
+        (loss.mixed_negatives_distribution in MIXED_NEGATIVES_DISTRIBUTIONS,
          f"--mixed_negatives_distribution must be one of {MIXED_NEGATIVES_DISTRIBUTIONS}, "
-         f"got {l.mixed_negatives_distribution!r}"),
+         f"got {loss.mixed_negatives_distribution!r}"),
         (d.interactions or d.dataset in DATASETS,
          f"--dataset must be one of {DATASETS} (or pass --interactions), got {d.dataset!r}"),
         (d.history_length > 0, f"--history_length must be positive, got {d.history_length}"),

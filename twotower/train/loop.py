@@ -17,9 +17,8 @@ from absl import logging
 from twotower import config as config_lib
 from twotower import evaluate as evaluate_lib
 from twotower.config import Config
-from twotower.data import pipeline
+from twotower.data import pipeline, splits
 from twotower.data import prepare as prepare_lib
-from twotower.data import splits
 from twotower.model import retrieval
 from twotower.model.encoding import Encoder
 from twotower.train import runner
@@ -123,11 +122,11 @@ class Trainer(runner.Runner):
 
   def after_step(self, step: int) -> None:
     if self.drift is not None and step % self.config.train.drift_every_steps == 0:
-      self._measure_drift(step)
+      self._measure_drift(self.drift, step)
 
-  def _measure_drift(self, step: int) -> None:
+  def _measure_drift(self, monitor: DriftMonitor, step: int) -> None:
     """Logs the embedding drift; with --queue_warmup_drift, switches the queue on."""
-    drift = self.drift.measure()
+    drift = monitor.measure()
     if drift is None:
       return
     with self.writer.as_default(step=step):

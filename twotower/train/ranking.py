@@ -64,7 +64,7 @@ class RankingTrainer(runner.Runner):
                 steps_per_epoch=-(-len(self.examples.events) // config.batch_size))
     self.scorer = Scorer(self.model, self.data)
     self.train_step = tf.function(self.model.train_step, reduce_retracing=True)
-    self._negatives = None
+    self._negatives = np.zeros((0, config.npratio), np.int64)   # set by begin_epoch
 
   def begin_epoch(self, epoch: int) -> None:
     """The epoch's negatives, drawn afresh from each example's candidates."""

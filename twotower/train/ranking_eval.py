@@ -25,7 +25,7 @@ from twotower.data.pipeline import FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import RankingModel
-from twotower.train.ranking_mining import contains, pair_keys
+from twotower.train.ranking_mining import contains, pair_keys, positive_labels
 
 END_TO_END_KS = (10,)
 IMPRESSION_KS = (5, 10)
@@ -72,9 +72,7 @@ def held_out_set(data: prepare_lib.PreparedData, encoder: Encoder, corpus: np.nd
   idx = np.flatnonzero((ev.split == split_code) & np.isin(ev.user, queries.user))
   row = np.searchsorted(queries.user, ev.user[idx])
   item = ev.item[idx] - offset
-  positive = np.ones(len(idx), np.float32)
-  if config.rating_threshold is not None:
-    positive = (ev.label[idx] >= config.rating_threshold).astype(np.float32)
+  positive = positive_labels(data, idx, config.rating_threshold)
   key = pair_keys(row, item, num_items)
   order = np.lexsort((-positive, key))                  # per pair, the positive event first
   key, positive = key[order], positive[order]

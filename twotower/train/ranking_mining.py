@@ -14,6 +14,7 @@ model never fitted, holding out a share of the validation users for early stoppi
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -34,6 +35,18 @@ def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.zeros(keys.shape, bool)
   pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
   return sorted_keys[pos] == keys
+
+
+def positive_labels(data: prepare_lib.PreparedData, events: np.ndarray,
+                    rating_threshold: Optional[float]) -> np.ndarray:
+  """float32 [E]: 1 where the event counts as positive (rating >= the threshold; every
+  event without one), else 0."""
+  if rating_threshold is None:
+    return np.ones(len(events), np.float32)
+  if data.events.label is None:
+    raise ValueError("--rating_threshold needs ratings, but the interactions have no "
+                     "rating / label column")
+  return (data.events.label[events] >= rating_threshold).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -76,12 +89,8 @@ def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
     anchors = np.flatnonzero((ev.split == splits.VALID)
                              & ~np.isin(ev.user, holdout_users(data, config)))
     seen = np.flatnonzero(ev.split <= splits.VALID)
-  labels = np.ones(len(anchors), np.float32)
+  labels = positive_labels(data, anchors, config.rating_threshold)
   if config.rating_threshold is not None:
-    if ev.label is None:
-      raise ValueError("--rating_threshold needs ratings, but the interactions have no "
-                       "rating / label column")
-    labels = (ev.label[anchors] >= config.rating_threshold).astype(np.float32)
     if config.loss == "softmax":   # a listwise example needs its positive
       anchors, labels = anchors[labels > 0], labels[labels > 0]
   if len(anchors) == 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -125,6 +125,7 @@ class Runner:
   ``dataset``, ``batch_examples``, ``evaluate`` and ``final_metrics``; the other hooks are
   optional. Call ``_start`` once the model and optimizer (all slots built) exist.
   """
+  train_step: Callable[[Any], dict]   # batch -> {"loss", "grad_norm"}, set by the trainer
   shown_metrics: tuple = ()   # validation metrics in the epoch's log line, besides the one
                               # early stopping watches
 

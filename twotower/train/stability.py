@@ -24,7 +24,7 @@ class DivergenceGuard:
   def __init__(self, spike_factor: float = 10.0, window: int = 50, min_steps: int = 20):
     self.spike_factor = spike_factor
     self.min_steps = min_steps
-    self._recent = collections.deque(maxlen=window)
+    self._recent: collections.deque[float] = collections.deque(maxlen=window)
 
   def check(self, loss: float, grad_norm: float) -> Optional[str]:
     """Why this step looks diverged, or None. Healthy steps enter the moving average."""
