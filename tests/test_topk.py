@@ -69,10 +69,21 @@ def test_the_brute_force_index_excludes_and_breaks_ties_like_evaluation():
   assert np.isneginf(scores[0, 2:]).all() and np.isfinite(scores[0, :2]).all()
 
 
-def test_exclusions_need_an_exact_search():
-  class Approximate:   # stands in for a ScaNN searcher: never reached
-    pass
+def test_an_approximate_search_drops_exclusions_before_the_cut_and_fills_short_rows():
+  queries, items, _ = tied_case(seed=7, num_queries=2, num_items=50)
+  answers = np.array([[3, 1, 4, 15, 9, 2, 6, 5],   # approximate, not the exact order
+                      [7, 8, np.nan, np.nan, np.nan, np.nan, np.nan, np.nan]])
 
-  index = index_lib.Index(index_lib.SCANN, np.eye(3, dtype=np.float32), Approximate())
-  with pytest.raises(ValueError, match="exact"):
-    index.search(np.ones((1, 3), np.float32), 2, exclude=ItemSets.from_lists([[0]]))
+  class Searcher:   # a ScaNN searcher's batched search: rows and scores, NaN for missing
+    def search_batched(self, q, k, *_):
+      assert k == 4 + 3   # k plus the most excluded rows
+      rows = np.nan_to_num(answers[:, :k], nan=0).astype(np.int32)
+      return rows, np.where(np.isnan(answers[:, :k]), np.nan, 1.0).astype(np.float32)
+
+  index = index_lib.Index(index_lib.SCANN, items, Searcher(),
+                          {"leaves_to_search": 1, "pre_reorder_num_neighbors": 8, "tuned_k": 4})
+  exclude = [[1, 15, 40], [8]]
+  rows, _ = index.search(queries, 4, exclude=ItemSets.from_lists(exclude))
+  np.testing.assert_array_equal(rows[0], [3, 4, 9, 2])   # the searcher's order, 1 and 15 out
+  # The second query's search found 2 rows, one excluded: it is searched exactly.
+  np.testing.assert_array_equal(rows[1], reference(queries[1:], items, 4, exclude[1:])[0])

@@ -23,10 +23,10 @@ MovieLens' ``movie_title``)::
 and ``user_history`` lists the items a query is built from, newest first, the same way.
 
 Embedding runs the exported ``embed`` signature (the same graph TF Serving would run);
-candidates come from the pybind ScaNN searcher (``search_batched``), asked for k plus the
-number of excluded items so that exclusions are removed before the cut; a row that still
-comes back short is searched exactly. Everything after ``load`` is read-only: one
-Recommender serves many threads.
+candidates come from the index (``Index.search`` with the exclusions: the pybind ScaNN
+searcher asked for k plus the number of excluded items so that exclusions are removed
+before the cut, a row that still comes back short searched exactly). Everything after
+``load`` is read-only: one Recommender serves many threads.
 """
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ import numpy as np
 import pandas as pd
 
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from twotower import export_layout
-from twotower import fileio
+from twotower import export_layout, fileio
 from twotower import index as index_lib
 from twotower.data import types
 from twotower.data.itemsets import ItemSets
@@ -195,8 +194,8 @@ class Recommender:
     except (ValueError, OSError) as e:
       raise IntegrityError(f"export {export_dir}: {export_layout.USER_DEFAULTS} is unreadable "
                            f"({e}); {_FIX}") from None
-    import tensorflow as tf
     import scann  # noqa: F401  (registers the Scann>* TF ops the SavedModel uses)
+    import tensorflow as tf
     try:
       query_model = tf.saved_model.load(os.path.join(export_dir, export_layout.QUERY_MODEL))
     except Exception as e:  # pylint: disable=broad-except
@@ -424,28 +423,10 @@ class Recommender:
 
   def _retrieve(self, queries: np.ndarray, n: int, excluded: list[np.ndarray]):
     """Per user, the best min(n, available) corpus rows and scores, exclusions removed."""
-    total = self.index.num_items
-    n = min(n, total)
-    out_rows, out_scores = [], []
-    if self.index.searcher is None:
-      rows, scores = self.index.search(queries, n, exact=True,
-                                       exclude=ItemSets.from_lists(excluded))
-    else:
-      extra = max((len(e) for e in excluded), default=0)
-      rows, scores = self.index.search(queries, min(total, n + extra))
-    for b, (rr, ss) in enumerate(zip(rows, scores)):
-      keep = (rr >= 0) & np.isfinite(ss)
-      if len(excluded[b]):
-        keep &= ~np.isin(rr, excluded[b])
-      rr, ss = rr[keep][:n], ss[keep][:n]
-      want = min(n, total - len(excluded[b]))
-      if len(rr) < want:   # the approximate search came back short: search this row exactly
-        rr, ss = self.index.search(queries[b:b + 1], want, exact=True,
-                                   exclude=ItemSets.from_lists([excluded[b]]))
-        rr, ss = rr[0], ss[0]
-      out_rows.append(rr)
-      out_scores.append(ss)
-    return out_rows, out_scores
+    rows, scores = self.index.search(queries, n, exclude=ItemSets.from_lists(excluded))
+    found = [(rr >= 0) & np.isfinite(ss) for rr, ss in zip(rows, scores)]
+    return ([rr[ok] for rr, ok in zip(rows, found)],
+            [ss[ok] for ss, ok in zip(scores, found)])
 
   def _rerank(self, users: list[dict], rows: list[np.ndarray], k: int):
     candidates = [[self.item_ids[r] for r in rr] for rr in rows]

@@ -60,7 +60,8 @@ class Index:
              ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows [B, k] (int64, -1 where fewer were found) and dot-product scores.
 
-    ``exclude`` (one row of corpus rows per query, never returned) needs an exact search.
+    ``exclude``: one row of corpus rows per query that are never returned (see
+    ``_search_excluding`` for the approximate search).
     """
     queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
     k = int(min(k, self.num_items))
@@ -71,7 +72,7 @@ class Index:
         self._exact = topk.Corpus(self.embeddings)
       return topk.top_k_items(queries, self._exact, k, exclude)
     if exclude is not None:
-      raise ValueError("exclusions need an exact search (exact=True)")
+      return self._search_excluding(queries, k, exclude)
     leaves = leaves_to_search or self.params["leaves_to_search"]
     pre = pre_reorder_num_neighbors or self.pre_reorder_for(k)
     if parallel is None:
@@ -85,6 +86,28 @@ class Index:
       rows[missing] = -1
       scores = np.where(missing, -np.inf, scores).astype(np.float32)
     return rows, scores
+
+  def _search_excluding(self, queries: np.ndarray, k: int,
+                        exclude: ItemSets) -> tuple[np.ndarray, np.ndarray]:
+    """The approximate top-k without each query's excluded rows: asks for k more than the
+    most excluded and drops them, so exclusions are removed before the cut; a row that
+    still comes back short (fewer than k left found) is searched exactly."""
+    lengths = exclude.lengths()
+    rows, scores = self.search(queries, min(self.num_items, k + int(lengths.max(initial=0))))
+    out_rows = np.full((len(queries), k), -1, np.int64)
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    for b, (found, found_scores) in enumerate(zip(rows, scores)):
+      keep = (found >= 0) & np.isfinite(found_scores)
+      if lengths[b]:
+        keep &= ~np.isin(found, exclude.row(b))
+      found, found_scores = found[keep][:k], found_scores[keep][:k]
+      want = min(k, self.num_items - int(lengths[b]))
+      if len(found) < want:
+        found, found_scores = self.search(queries[b:b + 1], want, exact=True,
+                                          exclude=exclude.subset(np.array([b])))
+        found, found_scores = found[0], found_scores[0]
+      out_rows[b, :len(found)], out_scores[b, :len(found)] = found, found_scores
+    return out_rows, out_scores
 
 def scann_pybind():
   from scann.scann_ops.py import scann_ops_pybind
