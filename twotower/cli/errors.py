@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import traceback
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
 
@@ -70,7 +70,8 @@ def fail(job: str, error: BaseException) -> NoReturn:
   sys.exit(USAGE_EXIT_CODE)
 
 
-def run_job(job: str, main: Callable[[], object], argv: Sequence[str] = None) -> None:
+def run_job(job: str, main: Callable[[], object],
+            argv: Optional[Sequence[str]] = None) -> None:
   """``app.run`` for a twotower job: flag errors and user errors end as one line + exit 2.
 
   ``main`` takes no arguments: a job has flags only, so a stray positional argument

@@ -1,11 +1,8 @@
 """twotower-evaluate: exact full-corpus retrieval metrics of a trained run."""
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
 from absl import app, flags
 
-from twotower.cli import errors
-
-from twotower.cli import output
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+from twotower.cli import errors, output
 
 flags.DEFINE_string("workdir", None, "Run directory written by twotower-train; its best "
                     "checkpoint is evaluated.")

@@ -1,10 +1,8 @@
 """twotower-export: write the serving artifacts (query SavedModel, index, manifest)."""
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
 from absl import flags
 
-from twotower.cli import errors
-from twotower.cli import output
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+from twotower.cli import errors, output
 
 flags.DEFINE_string("workdir", None, "Run directory, trained (twotower-train) and indexed "
                     "(twotower-index); its ranking head is exported too if it has one.")

@@ -215,7 +215,7 @@ def define_dataclass_flags(kind, help_texts: dict, *, prefix: str = "",
   """
   hints = typing.get_type_hints(kind)
   for field in dataclasses.fields(kind):
-    name, default = prefix + field.name, field.default
+    name, default = prefix + field.name, typing.cast(typing.Any, field.default)
     if name in FLAGS:
       continue
     if not help_texts.get(field.name):
@@ -242,7 +242,7 @@ def define_dataclass_flags(kind, help_texts: dict, *, prefix: str = "",
 def field_value(field: dataclasses.Field, prefix: str = ""):
   """The parsed flag of a dataclass field: list flags become tuples of ints."""
   name = prefix + field.name
-  value = FLAGS[name].value
+  value: typing.Any = FLAGS[name].value
   if isinstance(field.default, tuple):
     try:
       value = tuple(int(v) for v in value)

@@ -1,11 +1,8 @@
 """twotower-index: build the candidate index (ScaNN or brute force) of a trained workdir."""
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
 from absl import flags
 
-from twotower.cli import errors
-
-from twotower.cli import output
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+from twotower.cli import errors, output
 
 flags.DEFINE_string("workdir", None, "Run directory of a finished twotower-train; the index "
                     "is written into it.")

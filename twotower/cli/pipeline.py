@@ -5,13 +5,11 @@ calls; rerunning resumes training and rebuilds the later stages. The ranking sta
 every ``--ranking_<field>`` flag of twotower-rank; its seed and progress bar follow --seed
 and --progress unless --ranking_seed / --ranking_progress are given.
 """
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
 from absl import flags
 
-from twotower.cli import errors
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+from twotower.cli import errors, output
 from twotower.cli import flags as cli_flags
-from twotower.cli import output
 
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.json, vocabularies, "
                     "the ranking head and the index; rerun with the same one to resume.")

@@ -3,13 +3,11 @@
 Its options are ``--ranking_<field>`` flags, as on twotower-pipeline; the unprefixed names
 (``--npratio``) are aliases, so older flagfiles keep working.
 """
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
 from absl import flags
 
-from twotower.cli import errors
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+from twotower.cli import errors, output
 from twotower.cli import flags as cli_flags
-from twotower.cli import output
 
 flags.DEFINE_string("workdir", None, "Run directory of a finished twotower-train; the head "
                     "is written to WORKDIR/ranking (rerun to resume).")

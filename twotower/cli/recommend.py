@@ -1,10 +1,9 @@
 """twotower-recommend: print one user's recommendations from an export as JSON."""
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
 import json
 
 from absl import app, flags
 
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
 from twotower.cli import errors
 
 flags.DEFINE_string("export_dir", None, "An export written by twotower-export.")

@@ -1,12 +1,9 @@
 """twotower-train: train the retrieval model (rerun the same command to resume)."""
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
-
 from absl import flags
 
-from twotower.cli import errors
-
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS first)
+from twotower.cli import errors, output
 from twotower.cli import flags as cli_flags
-from twotower.cli import output
 
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.json, "
                     "vocabularies, config.json; rerun with the same one to resume.")

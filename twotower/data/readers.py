@@ -16,15 +16,16 @@ import codecs
 import collections
 import csv
 import dataclasses
+import functools
 import io
 import os
 import re
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
-from absl import logging
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from twotower.data import types
 from twotower.data.types import DataError
@@ -40,6 +41,8 @@ _SHOW_LINES = 5   # line numbers quoted in a "skipped N rows" warning
 # Longest value accepted: the csv module's default field_size_limit, so that the fast and
 # the fallback parser agree. Longer values are a lost line break or quote, not an id.
 _MAX_FIELD_CHARS = 131_072
+
+_Quoting = Literal[0, 1, 2, 3]   # csv.QUOTE_MINIMAL, _ALL, _NONNUMERIC, _NONE
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 LABEL_COLUMNS = ("label", "rating")   # first one present wins
@@ -150,7 +153,7 @@ def _read_bytes(path: str) -> bytes:
     buf = f.read()
   kind = next((kind for magic, kind in _NOT_TEXT if buf.startswith(magic)), None)
   if kind:
-    raise DataError(f"is {kind}, not a UTF-8 CSV or TSV file; "
+    raise DataError(f"is {kind}, not valid UTF-8 CSV or TSV; "
                     f"{'re-save it as UTF-8' if 'UTF' in kind else 'decompress it first'}",
                     path=path, line=1)
   if b"\r" in buf and b"\n" not in buf:   # classic Mac line endings: bare CRs
@@ -194,7 +197,7 @@ def _undecodable_lines(buf: bytes, path: str, encoding: str,
   return np.asarray(bad, np.int64)
 
 
-def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header: bool,
+def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: _Quoting, has_header: bool,
                  bad_lines: np.ndarray, encoding: str) -> Optional[_Layout]:
   """Record boundaries by numpy over the bytes; None when the quoting is not balanced."""
   arr = np.frombuffer(buf, np.uint8)
@@ -311,7 +314,7 @@ def _fast_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header
           warnings.simplefilter("ignore", pd.errors.DtypeWarning)
           frame = read(keep, width, dtype)
         columns = [_typed_column(frame[i], typed.get(i),
-                                 lambda i=i: field_lengths(keep, width, i))
+                                 functools.partial(field_lengths, keep, width, i))
                    for i in range(width)]
         misfits = [i for i, column in enumerate(columns) if column is None]
         if misfits:   # e.g. zero-padded ids: only those columns pay for the str parse
@@ -404,7 +407,7 @@ def _decimal_length(values: np.ndarray) -> np.ndarray:
   return np.searchsorted(_POWERS_OF_TEN, magnitude, side="right") + 1 + (values < 0)
 
 
-def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: int, has_header: bool,
+def _slow_layout(buf: bytes, path: str, delimiter: str, quoting: _Quoting, has_header: bool,
                  bad_lines: np.ndarray, encoding: str) -> _Layout:
   """Python's csv module, for quoting the byte scan cannot follow. A per-row loop."""
   text = buf.decode(encoding, errors="surrogateescape")
@@ -517,10 +520,10 @@ def _records(layout: _Layout, path: str, names: list[str], *, has_header: bool,
   if not keep.any():
     return lines[keep], {name: np.zeros(0, dtype=object) for name in names}
   # Typed columns only where no value can exceed the length limit, which is checked on str.
-  typed = ({names.index(n): kind for n, kind in typed.items() if n in names}
-           if typed and layout.longest <= _MAX_FIELD_CHARS else None)
+  by_position = ({names.index(n): kind for n, kind in typed.items() if n in names}
+                 if typed and layout.longest <= _MAX_FIELD_CHARS else None)
   try:
-    raw = layout.parse(keep, width, typed)
+    raw = layout.parse(keep, width, by_position)
   except pd.errors.ParserError as e:
     if layout.trusted:
       raise DataError(f"cannot parse: {e}", path=path) from None
@@ -530,10 +533,15 @@ def _records(layout: _Layout, path: str, names: list[str], *, has_header: bool,
   return lines[keep], dict(zip(names, raw))
 
 
+def _empty_value_error(path: str, lines: np.ndarray, name: str, i: int) -> DataError:
+  return DataError("empty value in a required column", path=path, line=int(lines[i]),
+                   field=name)
+
+
 def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
           allow_bad_rows: bool = False, skips: _Skips,
           names: Optional[Sequence[str]] = None, delimiter: Optional[str] = None,
-          encoding: str = "utf-8", quoting: int = csv.QUOTE_MINIMAL,
+          encoding: str = "utf-8", quoting: _Quoting = csv.QUOTE_MINIMAL,
           infer_kinds: bool = True,
           typed: Optional[dict[str, str]] = None) -> types.Table:
   """``read_table`` without the logging, for headerless files too (``names`` given).
@@ -556,9 +564,10 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
   args = (buf, path, delimiter, quoting, has_header, bad_lines, encoding)
   layout = _fast_layout(*args) or _slow_layout(*args)
 
-  if has_header:
+  if layout.header is not None:
     names, declared = _column_names(layout.header, path, layout.header_line)
   else:
+    assert names is not None   # a headerless file is read with the names given
     names, declared = list(names), {}
   missing = [c for c in required if c not in names]
   if missing:
@@ -574,8 +583,8 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
     raise DataError("the file has a header row but no data rows", path=path,
                     line=layout.header_line + 1)
 
-  kwargs = dict(has_header=has_header, delimiter=delimiter, encoding=encoding,
-                allow_bad_rows=allow_bad_rows)
+  kwargs: dict[str, Any] = dict(has_header=has_header, delimiter=delimiter,
+                                encoding=encoding, allow_bad_rows=allow_bad_rows)
   attempt = _Skips()
   try:
     lines, columns = _records(layout, path, names, skips=attempt, typed=typed, **kwargs)
@@ -609,8 +618,7 @@ def _read(path: str, *, required: Sequence[str] = (), key: Optional[str] = None,
     if columns[name].dtype == np.int64:
       continue   # parsed as integers, so none was empty
     drop(columns[name] == "", f"with an empty {name}",
-         lambda i, name=name: DataError("empty value in a required column", path=path,
-                                        line=int(lines[i]), field=name))
+         functools.partial(_empty_value_error, path, lines, name))
   if key:
     values = columns[key]
 
@@ -767,12 +775,11 @@ def _interactions_from_table(table: types.Table, *, allow_bad_rows: bool,
   if not ok.any():
     raise DataError(f"no usable interactions: all {skips.total} rows were bad",
                     path=table.path)
-  if ok.all():
-    ok = slice(None)   # no copies of the columns
+  rows: Any = slice(None) if ok.all() else ok   # a slice: no copies of the columns
   return types.Interactions(
-      path=table.path, user_id=table.columns["user_id"][ok],
-      item_id=table.columns["item_id"][ok], timestamp=seconds[ok],
-      label=None if label is None else label[ok], line_numbers=lines[ok],
+      path=table.path, user_id=table.columns["user_id"][rows],
+      item_id=table.columns["item_id"][rows], timestamp=seconds[rows],
+      label=None if label is None else label[rows], line_numbers=lines[rows],
       skipped=skips.total)
 
 
@@ -875,7 +882,7 @@ def read_movielens_original(directory: str) -> types.RawDataset:
   either copy see the same features.
   """
   directory = os.fspath(directory)
-  plain = dict(quoting=csv.QUOTE_NONE, infer_kinds=False)
+  plain: dict[str, Any] = dict(quoting=csv.QUOTE_NONE, infer_kinds=False)
   skips = _Skips()
   data = _read(os.path.join(directory, "u.data"), skips=skips, delimiter="\t",
                names=("user_id", "item_id", "rating", "timestamp"),
