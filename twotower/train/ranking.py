@@ -17,6 +17,7 @@ from absl import logging
 
 from twotower.config import RankingConfig
 from twotower.data import splits
+from twotower.errors import ConfigError
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import build_ranking_model
 from twotower.train import runner
@@ -90,8 +91,8 @@ class RankingTrainer(runner.Runner):
     valid = held_out_metrics(self.scorer, self.valid, self.data.num_items)
     metric = self.config.early_stopping_metric
     if metric not in valid:
-      raise ValueError(f"--early_stopping_metric must be one of "
-                       f"{sorted(k for k in valid if k != 'num_users')}, got {metric!r}")
+      raise ConfigError(f"--ranking_early_stopping_metric must be one of "
+                        f"{sorted(k for k in valid if k != 'num_users')}, got {metric!r}")
     return valid
 
   def final_metrics(self) -> dict:

@@ -23,6 +23,7 @@ from twotower.config import RankingConfig
 from twotower.data import prepare as prepare_lib
 from twotower.data import splits
 from twotower.data.itemsets import ItemSets
+from twotower.errors import ConfigError
 from twotower.model.encoding import Encoder
 
 
@@ -44,8 +45,8 @@ def positive_labels(data: prepare_lib.PreparedData, events: np.ndarray,
   if rating_threshold is None:
     return np.ones(len(events), np.float32)
   if data.events.label is None:
-    raise ValueError("--rating_threshold needs ratings, but the interactions have no "
-                     "rating / label column")
+    raise ConfigError("--ranking_rating_threshold needs ratings, but the interactions have "
+                      "no rating / label column")
   return (data.events.label[events] >= rating_threshold).astype(np.float32)
 
 
@@ -94,8 +95,8 @@ def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
     if config.loss == "softmax":   # a listwise example needs its positive
       anchors, labels = anchors[labels > 0], labels[labels > 0]
   if len(anchors) == 0:
-    raise ValueError(f"no positive {config.examples} interactions to train the ranking "
-                     f"head on")
+    raise ConfigError(f"no positive {config.examples} interactions to train the ranking "
+                      f"head on (--ranking_examples, --ranking_rating_threshold)")
   user_seen = ItemSets.from_pairs(ev.user[seen], ev.item[seen] - offset, len(data.user_vocab))
   known = np.unique(pair_keys(ev.user[seen], ev.item[seen] - offset, num_items))
   candidates = np.empty((len(anchors), config.num_candidates), np.int64)
@@ -116,8 +117,8 @@ def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
   if config.reachable_only:
     anchors, labels, candidates = anchors[reachable], labels[reachable], candidates[reachable]
   if len(anchors) == 0:
-    raise ValueError("no example interaction is within its query's retrieval top-N; raise "
-                     "--num_candidates or set --noreachable_only")
+    raise ConfigError("no example interaction is within its query's retrieval top-N; raise "
+                      "--ranking_num_candidates or set --noranking_reachable_only")
   return TrainingExamples(anchors.astype(np.int64), labels, candidates, known)
 
 
@@ -152,6 +153,6 @@ def sample_negatives(candidates: np.ndarray, users: np.ndarray, known: np.ndarra
     good = ~(bad | repeat)
     out[r[good], c[good]] = draw[good]
   if (out < 0).any():
-    raise ValueError("could not sample enough negatives: the catalogue is too small for "
-                     f"--npratio={npratio}")
+    raise ConfigError("could not sample enough negatives: the catalogue is too small for "
+                      f"--ranking_npratio={npratio}")
   return out
