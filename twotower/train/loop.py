@@ -19,6 +19,7 @@ from twotower import evaluate as evaluate_lib
 from twotower.config import Config
 from twotower.data import pipeline, splits
 from twotower.data import prepare as prepare_lib
+from twotower.errors import ConfigError
 from twotower.model import retrieval
 from twotower.model.encoding import Encoder
 from twotower.train import runner
@@ -161,7 +162,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   if name == "mirrored":
     return tf.distribute.MirroredStrategy()
   if name != "multi_worker":
-    raise ValueError(f"--distribution must be one of {config_lib.DISTRIBUTIONS}, got {name!r}")
+    raise ConfigError(f"--distribution must be one of {config_lib.DISTRIBUTIONS}, got {name!r}")
   usage = ("--distribution=multi_worker needs TF_CONFIG, e.g. '{\"cluster\": {\"worker\": "
            "[\"host0:12345\", \"host1:12345\"]}, \"task\": {\"type\": \"worker\", "
            "\"index\": 0}}' (see README.md)")
@@ -170,12 +171,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     jobs = resolver.cluster_spec().as_dict()
     task = (resolver.task_type, resolver.task_id)
   except (ValueError, TypeError, AttributeError) as e:   # not JSON, or not TF_CONFIG's shape
-    raise ValueError(f"{usage}; TF_CONFIG is not valid: {e}") from None
+    raise ConfigError(f"{usage}; TF_CONFIG is not valid: {e}") from None
   if not jobs:
-    raise ValueError(f"{usage}; TF_CONFIG is unset or has no cluster")
+    raise ConfigError(f"{usage}; TF_CONFIG is unset or has no cluster")
   if task[0] not in ("chief", "worker") or not 0 <= task[1] < len(jobs.get(task[0], ())):
-    raise ValueError(f"{usage}; TF_CONFIG's task (type {task[0]!r}, index {task[1]}) is not "
-                     f"a chief or worker of its cluster {jobs}")
+    raise ConfigError(f"{usage}; TF_CONFIG's task (type {task[0]!r}, index {task[1]}) is "
+                      f"not a chief or worker of its cluster {jobs}")
   try:
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
   except RuntimeError as e:
