@@ -148,6 +148,8 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
   scann = None
   if index.kind == index_lib.SCANN:
     from scann.scann_ops.py import scann_ops
+    if searcher_dir is None:
+      raise ValueError("a ScaNN index needs its serialized searcher directory")
     assets = _read_scann_assets(searcher_dir)
     module.scann_state = {k: tf.Variable(v, trainable=False, name=k) for k, v in assets.items()}
     scann = scann_ops
@@ -249,7 +251,7 @@ def write_item_features(path: str, item_ids: np.ndarray,
   values = [np.asarray(table.columns[name], dtype=object) for name in columns]
   lines = []
   for item, row in zip(item_ids, rows):
-    entry = {"item_id": str(item)}
+    entry: dict[str, Optional[str]] = {"item_id": str(item)}
     entry.update((name, None if row < 0 else str(column[row]))
                  for name, column in zip(columns, values))
     lines.append(json.dumps(entry, ensure_ascii=False) + "\n")

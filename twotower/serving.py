@@ -47,7 +47,8 @@ from twotower.errors import InputError
 
 IntegrityError = index_lib.IntegrityError
 # (users, candidate item ids per user) -> a score per candidate, higher is better.
-Reranker = Callable[[list, list], Sequence[Sequence[float]]]
+Reranker = Callable[[Sequence[dict], Sequence[Sequence[str]]],
+                    Sequence[Sequence[float]] | np.ndarray]
 # recommend()'s with_features: False (bare (id, score) pairs), True (every item column), or
 # column names / aliases.
 WithFeatures = Union[bool, str, Sequence[str], None]
@@ -210,6 +211,8 @@ class Recommender:
       except Exception as e:  # pylint: disable=broad-except
         raise IntegrityError(f"export {export_dir}: the ranking SavedModel does not load "
                              f"({type(e).__name__}: {str(e)[:300]}); {_FIX}") from e
+    if index.item_ids is None:
+      raise IntegrityError(f"export {export_dir}: its index lists no item ids; {_FIX}")
     rec = cls(query_model=query_model, index=index, item_ids=index.item_ids,
               defaults=defaults, manifest=manifest, reranker=reranker,
               rerank_candidates=rerank_candidates,
@@ -231,8 +234,9 @@ class Recommender:
     value = user.get("user_id")
     user_id = "" if value is None else _as_token(value, "user_id")
     row = self._user_index.get_indexer([user_id])[0] if user_id else -1
-    out = {"user_id": user_id}
+    out: dict = {"user_id": user_id}
     value = user.get("history")
+    history: list[str]
     if value is not None:
       history = [_as_token(h, "history item") for h in _as_list(value, "history")]
     elif row >= 0:
@@ -338,7 +342,8 @@ class Recommender:
 
   def _describe(self, item_ids: list, columns: list[str]) -> list[dict]:
     rows = self._item_index.get_indexer(item_ids) if item_ids else np.zeros(0, np.int64)
-    return [{name: (self.item_features[name][r] if r >= 0 else None) for name in columns}
+    table = self.item_features or {}   # columns is empty when the export has no item table
+    return [{name: (table[name][r] if r >= 0 else None) for name in columns}
             for r in rows]
 
   def _feature_columns(self, with_features: WithFeatures) -> Optional[list[str]]:
@@ -429,13 +434,14 @@ class Recommender:
             [ss[ok] for ss, ok in zip(scores, found)])
 
   def _rerank(self, users: list[dict], rows: list[np.ndarray], k: int):
+    assert self.reranker is not None, "_rerank needs a reranker"
     candidates = [[self.item_ids[r] for r in rr] for rr in rows]
     scores = self.reranker(users, candidates)
     if len(scores) != len(users):
       raise ValueError(f"the reranker returned {len(scores)} score lists for {len(users)} users")
     out = []
-    for cand, sc in zip(candidates, scores):
-      sc = np.asarray(sc, np.float64).reshape(-1)
+    for cand, row_scores in zip(candidates, scores):
+      sc = np.asarray(row_scores, np.float64).reshape(-1)
       if len(sc) != len(cand):
         raise ValueError(f"the reranker returned {len(sc)} scores for {len(cand)} candidates")
       order = np.argsort(-sc, kind="stable")[:k]

@@ -80,8 +80,12 @@ def build_specs(table: Optional[types.Table], key: str, *, max_tokens: int,
 def encode_table(table: Optional[types.Table], key: str, key_vocab: Vocabulary,
                  specs: list[FeatureSpec]) -> FeatureTable:
   """Id matrices of every feature, one row per id of ``key_vocab``."""
-  values = {}
-  rows = key_vocab.lookup(table.columns[key]) if table is not None else None
+  values: dict[str, np.ndarray] = {}
+  if table is None:
+    if specs:
+      raise ValueError(f"feature specs {[s.name for s in specs]} need a {key} table")
+    return FeatureTable(key, specs, values)
+  rows = key_vocab.lookup(table.columns[key])
   for spec in specs:
     shape = (len(key_vocab),) if spec.kind == types.TOKEN else (len(key_vocab), spec.max_tokens)
     matrix = np.full(shape, PAD, np.int32)

@@ -25,7 +25,7 @@ class ItemSets(NamedTuple):
     return np.diff(self.indptr)
 
   @classmethod
-  def from_lists(cls, rows: Sequence[Sequence[int]]) -> "ItemSets":
+  def from_lists(cls, rows: Sequence[Sequence[int] | np.ndarray]) -> "ItemSets":
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     indptr = np.zeros(len(rows) + 1, np.int64)
     np.cumsum(lengths, out=indptr[1:])

@@ -556,14 +556,14 @@ def generate(config: Optional[SyntheticConfig] = None) -> SyntheticData:
   # not depend on the thread count or the order they run in.
   with concurrent.futures.ThreadPoolExecutor(_num_threads(cfg)) as pool:
     tables = pool.submit(_side_tables, cfg, truth, user_names, item_names)
-    user_id = pool.submit(
+    user_id_job = pool.submit(
         lambda: user_names[np.repeat(np.arange(cfg.num_users), np.diff(world.user_start))])
     jobs = [pool.submit(_sample_chunk, world, cfg, c, lo, hi, item, timestamp, affinity)
             for c, (lo, hi) in enumerate(_chunks(world.user_start, cfg.chunk_size))]
     for job in jobs:
       job.result()
     user_table, item_table = tables.result()
-    user_id = user_id.result()
+    user_id = user_id_job.result()
   # One gather of shared str objects: a per-chunk one would count references three times.
   item_id = item_names[item]
 

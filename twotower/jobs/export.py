@@ -34,14 +34,15 @@ from twotower.export_layout import (
 )
 from twotower.model.encoding import Encoder
 from twotower.train import ranking_run as ranking_lib
-from twotower.workdir import Workdir, load_trained
+from twotower.workdir import TrainedRun, Workdir, load_trained
 
 _PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas",
              "absl-py")
 
 
 def _versions() -> dict:
-  out = {"python": platform.python_version(), "twotower": twotower.__version__}
+  out: dict[str, Optional[str]] = {"python": platform.python_version(),
+                                   "twotower": twotower.__version__}
   for package in _PACKAGES:
     out[package] = index_lib.package_version(package)
   return out
@@ -55,7 +56,7 @@ def _shared_name(index_meta: dict) -> str:
 
 def export(workdir: str, export_dir: Optional[str] = None, *,
            include_ranking: Optional[bool] = None,
-           extra_writers: Sequence[Callable[[object, str], None]] = ()) -> str:
+           extra_writers: Sequence[Callable[[TrainedRun, str], object]] = ()) -> str:
   """Writes the serving export of a trained and indexed workdir; returns its path.
 
   ``include_ranking``: add the ranking head's SavedModel (``ranking_model/``, which

@@ -194,6 +194,7 @@ class CrossBatchSoftmax(tf_keras.layers.Layer):
     they are not masked.
     """
     memory, cfg = self.query_memory, self._config
+    assert memory is not None, "memory_loss needs a query memory"
     bias = candidate_log_q if cfg.logq else tf.zeros_like(candidate_log_q)
     logits = tf.matmul(memory.embeddings * (1.0 / cfg.temperature), candidates,
                        transpose_b=True) - bias[None, :]
