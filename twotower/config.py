@@ -365,5 +365,5 @@ def _build(kind, values: dict, what: str):
   names = {f.name for f in dataclasses.fields(kind)}
   unknown = set(values) - names
   if unknown:
-    raise ValueError(f"unknown {what}: {sorted(unknown)}; known: {sorted(names)}")
+    raise ConfigError(f"unknown {what}: {sorted(unknown)}; known: {sorted(names)}")
   return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
