@@ -50,6 +50,16 @@ def clean_run(synthetic_data, tmp_path_factory):
   return train_job.train(small_config(), workdir, synthetic_data), workdir
 
 
+def _logged_steps(events_file: str, tag: str = "train/loss") -> list:
+  """Steps at which one TensorBoard events file recorded ``tag`` (every 10th step)."""
+  return [event.step for event in tf.compat.v1.train.summary_iterator(events_file)
+          for value in event.summary.value if value.tag == tag]
+
+
+def _events_files(workdir: str) -> list:
+  return glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+
+
 def test_synthetic_run_beats_most_popular(clean_run):
   final = clean_run[0]["final"]
   model, popular = final["test"]["recall@20"], final["most_popular_test"]["recall@20"]
@@ -78,8 +88,12 @@ def test_training_is_deterministic_under_seed(clean_run, synthetic_data, tmp_pat
 def test_rerun_resumes_instead_of_restarting(synthetic_data, tmp_path):
   config = small_config(train__epochs=2)
   first = train_job.train(config, str(tmp_path), synthetic_data)
+  first_run_events = _events_files(str(tmp_path))
   config.train.epochs = 3
   log = train_job.train(config, str(tmp_path), synthetic_data)
+  # The rerun's own TensorBoard events: it trained only the steps of epoch 2.
+  rerun_file, = set(_events_files(str(tmp_path))) - set(first_run_events)
+  assert min(_logged_steps(rerun_file)) > first["final"]["steps"]
   assert [e["epoch"] for e in log["epochs"]] == [0, 1, 2]
   assert log["epochs"][:2] == first["epochs"]          # epochs 0-1 were not trained again
   assert log["final"]["steps"] == log["epochs"][-1]["step"] == 3 * first["epochs"][0]["step"]
@@ -207,16 +221,6 @@ def test_divergence_guard_gives_up_after_max_recoveries(synthetic_data, tmp_path
   trainer.train_step = _Faulty(trainer, {15: "nan", 25: "nan"})
   with pytest.raises(DivergenceError, match="max_recoveries"):
     trainer.run()
-
-
-def _logged_steps(events_file: str, tag: str = "train/loss") -> list:
-  """Steps at which one TensorBoard events file recorded ``tag`` (every 10th step)."""
-  return [event.step for event in tf.compat.v1.train.summary_iterator(events_file)
-          for value in event.summary.value if value.tag == tag]
-
-
-def _events_files(workdir: str) -> list:
-  return glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
 
 
 def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
