@@ -90,8 +90,13 @@ def test_metrics_json_gets_a_ranking_entry_and_keeps_retrieval(ranked_workdir):
 def test_rerun_resumes_instead_of_retraining(ranked_workdir, tmp_path):
   workdir, log = ranked_workdir
   copy = str(tmp_path / "run")
-  shutil.copytree(workdir, copy)
+  shutil.copytree(workdir, copy)          # copies keep their modification times
+  checkpoints = os.path.join(copy, "ranking", "checkpoints")
+  written = lambda: {name: os.stat(os.path.join(checkpoints, name)).st_mtime_ns
+                     for name in os.listdir(checkpoints)}
+  before = written()
   again = train_ranking(copy, **RANKING_OPTIONS)
+  assert written() == before              # no checkpoint written: nothing was trained again
   assert again["epochs"] == log["epochs"]
   assert again["final"]["steps"] == log["final"]["steps"]
 
@@ -259,7 +264,7 @@ def test_cli_runs_and_prints_the_final_metrics(ranked_workdir, tmp_path):
        "--noprogress", "--num_candidates=30", "--loss=softmax"],
       capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  final = json.loads(out.stdout[out.stdout.index("{"):])
+  final = json.loads(out.stdout)        # the whole of stdout: nothing before the result
   assert "two_stage_ndcg@10" in final["test"]
   with open(os.path.join(copy, "ranking", "config.json")) as f:
     assert json.load(f)["loss"] == "softmax"
