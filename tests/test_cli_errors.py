@@ -5,6 +5,7 @@ subprocess; they fail before any training, and run a few at a time to keep the f
 """
 import concurrent.futures
 import os
+import shutil
 import subprocess
 import sys
 
@@ -82,6 +83,7 @@ def _cases(tmp):
       ("recommend", [f"--export_dir={path('broken_run')}", "--user_id=u1"],
        ["manifest.json", "corrupted"]),
       ("evaluate", [f"--workdir={path('broken_run')}"], ["config.json", "not valid JSON"]),
+      ("index", [f"--workdir={path('stale_run')}"], ["config.json", "unknown", "bogus"]),
       ("recommend", [f"--export_dir={path('no_export')}", "--user_id=u1"], ["no_export"]),
       ("recommend", [f"--export_dir={empty_dir}"], ["--user_id is required"]),
       ("recommend", [f"--export_dir={empty_dir}", "--user_id=u1", "--k=ten"], ["--k=ten"]),
@@ -105,6 +107,9 @@ def outcomes(tmp_path_factory):
   for name in ("config.json", "manifest.json", os.path.join("checkpoints", "best.index")):
     with open(os.path.join(tmp, "broken_run", name), "w") as f:
       f.write("{not json")
+  shutil.copytree(os.path.join(tmp, "broken_run"), os.path.join(tmp, "stale_run"))
+  with open(os.path.join(tmp, "stale_run", "config.json"), "w") as f:   # another version's
+    f.write('{"data": {"bogus": 1}}')
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   cases = _cases(tmp)
   with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:

@@ -137,7 +137,7 @@ class Config:
 
   @classmethod
   def load(cls, path) -> "Config":
-    return cls.from_dict(_read(path))
+    return _load(cls.from_dict, path)
 
   def validate(self) -> None:
     """Flag errors up front, each naming its flag, before minutes of data loading."""
@@ -283,7 +283,7 @@ class RankingConfig:
 
   @classmethod
   def load(cls, path: str) -> "RankingConfig":
-    return cls.from_dict(_read(path))
+    return _load(cls.from_dict, path)
 
   def validate(self) -> None:
     """As Config.validate: every option checked before the retrieval run is loaded."""
@@ -351,13 +351,19 @@ def _to_json(config) -> str:
   return json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
 
 
-def _read(path) -> dict:
+def _load(from_dict, path):
+  """``from_dict`` of a config file; a broken one (in a run directory: the user's to fix)
+  is a ConfigError naming the file."""
   try:
     with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:   # a broken file in a run directory: the user's to fix
+      values = json.load(f)
+  except json.JSONDecodeError as e:
     raise ConfigError(f"{path} is not valid JSON ({e}); restore it, or train into a new "
                       f"--workdir") from None
+  try:
+    return from_dict(values)
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None
 
 
 def _build(kind, values: dict, what: str):
