@@ -178,6 +178,9 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
   def clip_k(k):
     return tf.clip_by_value(k, 0, n)
 
+  # Plain TF ops with no data-dependent Python control flow: nothing for AutoGraph to
+  # convert, and its attempt on this closure logged a "could not transform" warning.
+  @tf.autograph.experimental.do_not_convert
   def exact(inputs):
     query = embed(inputs)
     scores = tf.matmul(query, module.item_embeddings, transpose_b=True)

@@ -20,6 +20,7 @@ from typing import Optional, Union
 from absl import logging
 
 from twotower.data import readers
+from twotower.errors import UserError
 from twotower.data import types
 
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -38,8 +39,9 @@ _MAX_MEMBER_BYTES = 64 << 20   # the real files are < 2 MB; refuse anything absu
 PathLike = Union[str, os.PathLike]
 
 
-class FetchError(RuntimeError):
-  """The dataset could not be downloaded, verified or unpacked."""
+class FetchError(UserError, RuntimeError):
+  """The dataset could not be downloaded, verified or unpacked: the job says so in one line
+  (the cause is the machine's network, pip or disk, not the code)."""
 
 
 def default_cache_dir() -> pathlib.Path:
