@@ -8,8 +8,6 @@ the history up to the test boundary.
 
   python experiments/baselines.py --dataset=movielens-100k
 """
-import twotower  # noqa: F401
-
 import itertools
 import json
 
@@ -17,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from absl import app, flags
 
+import twotower  # noqa: F401
 from twotower import evaluate
 from twotower.config import DataConfig
 from twotower.data import prepare as prepare_lib

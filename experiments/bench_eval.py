@@ -28,6 +28,7 @@ holds.
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+# isort: split
 import concurrent.futures
 import json
 import os
@@ -37,16 +38,14 @@ import sys
 import time
 
 import numpy as np
+import peak_memory
+import planted
 import tensorflow as tf
 import threadpoolctl
 from absl import app, flags
-
-import peak_memory
-import planted
 from report import emit
 
-from twotower import evaluate
-from twotower import topk
+from twotower import evaluate, topk
 from twotower.data.itemsets import ItemSets
 
 flags.DEFINE_integer("num_users", 10_000, "Users evaluated.")

@@ -12,19 +12,17 @@ so the index is a little larger than the matrix; the AH codes alone are D/4 byte
 
   python experiments/bench_index.py --num_items=1000000 --dim=64
 """
-import twotower  # noqa: F401
-
 import os
 import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
-
 import peak_memory
 import planted
+from absl import app, flags
 from report import emit
 
+import twotower  # noqa: F401
 from twotower import index as index_lib
 from twotower import topk
 from twotower.index import storage

@@ -17,6 +17,7 @@
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+# isort: split
 import json
 import os
 import statistics
@@ -27,15 +28,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl import app, flags
-
 from report import emit
 
 from twotower.config import Config
-from twotower.data import pipeline
+from twotower.data import pipeline, readers
 from twotower.data import prepare as prepare_lib
-from twotower.data import readers
 from twotower.model import retrieval
-from twotower.train import loop
+from twotower.training import loop
 
 flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "movielens-100k"],
                   "Built-in dataset for the pipeline part (synthetic at the config's sizes).")

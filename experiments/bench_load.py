@@ -14,18 +14,16 @@ even when the export has a ranking head.
   python experiments/bench_load.py --export_dir=/tmp/ml100k_run/export \
       --threads=8 --requests_per_thread=10000 --k=10 --output=/tmp/bench_load.json
 """
-import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
 import json
 import sys
 import threading
 import time
 
 import numpy as np
+import peak_memory
 from absl import app, flags
 
-import peak_memory
-
+import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from twotower.serving import Recommender
 
 flags.DEFINE_string("export_dir", None, "A twotower-export directory.")

@@ -9,6 +9,7 @@ default. Rounds are interleaved; prints the median ms per step of each (optimize
 """
 import twotower  # noqa: F401
 
+# isort: split
 import copy
 import json
 import statistics
@@ -21,7 +22,7 @@ from absl import app, flags
 from twotower.config import Config
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
-from twotower.train import loop
+from twotower.training import loop
 
 flags.DEFINE_integer("batch_size", 256, "Batch size.")
 flags.DEFINE_integer("queue_size", 2048, "Queue size of the CBNS variants.")

@@ -14,8 +14,6 @@ grown corpus's extra items are OOV ids to the head, which costs the same to scor
 
   python experiments/bench_serving.py --export_dir=/path/to/export --num_items=1000000
 """
-import twotower  # noqa: F401
-
 import concurrent.futures
 import os
 import threading
@@ -23,9 +21,9 @@ import time
 
 import numpy as np
 from absl import app, flags
-
 from report import emit
 
+import twotower  # noqa: F401
 from twotower import index as index_lib
 from twotower import topk
 from twotower.data.itemsets import ItemSets

@@ -25,13 +25,13 @@ the ratio CBNS would reach if nothing but that arithmetic were added to the in-b
 """
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+# isort: split
 import statistics
 import time
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
-
 from report import emit
 from train_setup import config_from_flags, twotower_model
 

@@ -22,6 +22,7 @@ noise hits all of them alike. Prints median examples/s and the ratios.
 """
 import twotower  # noqa: F401
 
+# isort: split
 import json
 import statistics
 import time
@@ -32,14 +33,13 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 from absl import app, flags
-
 from train_setup import config_from_flags, twotower_model
 
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.model import retrieval
 from twotower.model.towers import ItemTower, UserTower
-from twotower.train.optimizers import make_optimizer
+from twotower.training.optimizers import make_optimizer
 
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds (one epoch each).")
 flags.DEFINE_string("canonical_optimizer", "adagrad", "Optimizer of the canonical setup.")

@@ -20,21 +20,19 @@ within a run only; peak memory is the process's resident high-water mark during 
 Validation Recall@20 against training seconds and the embedding drift against steps come
 out as PNGs with ``--plot_prefix``.
 """
-import twotower  # noqa: F401
-
 import dataclasses
 import json
 import tempfile
 import time
 
 import numpy as np
+import peak_memory
 from absl import app, flags
 
+import twotower  # noqa: F401
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
 from twotower.jobs import train as train_job
-
-import peak_memory
 
 flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
 flags.DEFINE_list("variants", ["512:0", "512:512", "512:2048", "512:0:off", "512:2048:off"],

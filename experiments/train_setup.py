@@ -3,13 +3,14 @@ the data, batch size and towers, the Config they make, and a fresh twotower mode
 benchmarks time the same setup."""
 import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
+# isort: split
 import copy
 
 import tf_keras
 from absl import flags
 
 from twotower.config import Config
-from twotower.train import loop
+from twotower.training import loop
 
 flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
 flags.DEFINE_integer("synthetic_users", 5000, "Synthetic users (--dataset=synthetic).")

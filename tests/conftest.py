@@ -5,9 +5,9 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import twotower  # noqa: E402,F401
-
 import pytest  # noqa: E402
+
+import twotower  # noqa: E402,F401
 
 
 def tiny_config():

@@ -132,7 +132,7 @@ def run_check(strategy, frequency):
             lambda a, b: bool(np.array_equal(a.numpy(), b.numpy())), got, slice_of(batch, r))))
         for got, r in zip(local(distributed), replica_ids)))
     dist = strategy.experimental_distribute_values_from_function(
-        lambda ctx: slice_of(batch, ctx.replica_id_in_sync_group))
+        lambda ctx, batch=batch: slice_of(batch, ctx.replica_id_in_sync_group))
     loss_s, grads_s = _grads(single, batch)
     reduced = [np.asarray(local(value)[0]) for value in multi_grads(dist)]
     report["loss"].append(_max_diff(reduced[0], loss_s))
@@ -166,7 +166,7 @@ def run_check(strategy, frequency):
 def run_trainer(workdir):
   """The full training loop (checkpoints, drift warm-up, validation) without and with
   --distribution=mirrored, on a global batch that two replicas split unevenly (17 + 16)."""
-  from twotower.jobs import train as train_job   # pylint: disable=import-outside-toplevel
+  from twotower.jobs import train as train_job  # pylint: disable=import-outside-toplevel
   report = {}
   for distribution in ("none", "mirrored"):
     config = _config("streaming")

@@ -13,16 +13,15 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""          # one CPU replica per worker
 
-from twotower.train.loop import make_strategy  # noqa: E402
+from twotower.training.loop import make_strategy  # noqa: E402
 
 # Before any other TensorFlow op: the strategy configures this process's collective ops.
 STRATEGY = make_strategy("multi_worker")
 
 import json  # noqa: E402
 
-import numpy as np  # noqa: E402
-
 import distributed_check  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def main():

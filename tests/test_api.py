@@ -1,5 +1,5 @@
-"""The package's public API: every name importable from ``twotower``, lazily, and the two
-names shared with a submodule (``train``, ``export``) both callable and still modules."""
+"""The package's public API: every name importable from ``twotower``, resolved on first use,
+and each the very job function or class it names."""
 import os
 import subprocess
 import sys
@@ -37,30 +37,31 @@ def test_every_public_name_is_its_job_or_class():
   assert twotower.evaluate_workdir is evaluate_job.evaluate_workdir
   assert twotower.build_index is index_job.build_index
   assert twotower.train_ranking is train_ranking_job.train_ranking
-  assert twotower.train is sys.modules["twotower.train"]   # the subpackage, callable
-  assert twotower.export is sys.modules["twotower.export"]
-  assert callable(twotower.train) and callable(twotower.export)
+  assert twotower.train is train_job.train
+  assert twotower.export is export_job.export
   assert set(twotower.__all__) == {"Config", "Recommender", "build_index", "evaluate_workdir",
                                    "export", "train", "train_ranking"}
   assert set(twotower.__all__) <= set(dir(twotower))
+
+
+def test_no_public_name_is_shadowed_by_a_submodule():
+  """Importing every submodule first (as a user's other imports may) leaves each public name
+  the job function: a submodule of that name would be bound over it by the import system."""
+  out = _python("import pkgutil, importlib, twotower\n"
+                "for m in pkgutil.walk_packages(twotower.__path__, 'twotower.'):\n"
+                "  if not m.name.startswith('twotower.cli.'):\n"
+                "    importlib.import_module(m.name)\n"
+                "print(sorted(n for n in twotower.__all__ if not callable(getattr(twotower, n))))")
+  assert out.split("\n")[0] == "[]"
 
 
 def test_train_and_export_call_their_jobs(monkeypatch):
   calls = []
   monkeypatch.setattr(train_job, "train", lambda *a, **k: calls.append(("train", a, k)) or 1)
   monkeypatch.setattr(export_job, "export", lambda *a, **k: calls.append(("export", a, k)) or 2)
+  for name in ("train", "export"):
+    monkeypatch.delitem(vars(twotower), name, raising=False)   # resolve again, patched
   assert twotower.train("config", "workdir") == 1
   assert twotower.export("workdir", include_ranking=False) == 2
   assert calls == [("train", ("config", "workdir"), {}),
                    ("export", ("workdir",), {"include_ranking": False})]
-  from twotower.train import loop  # the subpackage's modules stay importable
-  assert twotower.train.loop is loop
-
-
-def test_a_submodule_imported_before_the_package_name_is_still_callable():
-  out = _python("import twotower.train.loop\n"
-                "from twotower import export as export_module\n"
-                "import twotower\n"
-                "print(callable(twotower.train), twotower.train.loop.__name__)\n"
-                "print(callable(export_module), export_module.MANIFEST)")
-  assert out.split("\n")[:2] == ["True twotower.train.loop", "True manifest.json"]

@@ -318,7 +318,7 @@ BAD_FLAGS = [
 
 @pytest.fixture(scope="module")
 def train_job():
-  from twotower.jobs import train as train_job   # imports TensorFlow: only for these tests
+  from twotower.jobs import train as train_job  # imports TensorFlow: only for these tests
   return train_job
 
 

@@ -127,7 +127,7 @@ def test_multi_worker_two_processes_match_single_device(tmp_path):
     ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}',
      "index 1")])
 def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config, problem):
-  from twotower.train.loop import make_strategy
+  from twotower.training.loop import make_strategy
   if tf_config is None:
     monkeypatch.delenv("TF_CONFIG", raising=False)
   else:

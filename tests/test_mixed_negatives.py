@@ -70,6 +70,7 @@ def test_loss_scores_mixed_negatives_and_masks_their_accidental_hits():
 
 def test_training_with_mixed_negatives_beats_most_popular(tmp_path):
   from conftest import tiny_config
+
   from twotower.jobs import train as train_job
   config = tiny_config()
   config.train.epochs = 3

@@ -9,8 +9,7 @@ from typing import Optional
 
 import pytest
 
-from twotower.data import movielens
-from twotower.data import types
+from twotower.data import movielens, types
 
 _INTER = ("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
           "1\t10\t4\t100\n2\t10\t3\t200\n")

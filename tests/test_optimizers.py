@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from twotower.train.optimizers import make_optimizer
+from twotower.training.optimizers import make_optimizer
 
 
 @pytest.mark.parametrize("relative", [0.1, 0.01])

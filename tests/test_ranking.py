@@ -26,7 +26,7 @@ from twotower.jobs import train as train_job
 from twotower.jobs.train_ranking import train_ranking
 from twotower.model import ranking_export, ranking_reranker
 from twotower.model.encoding import Encoder
-from twotower.train import ranking_eval, ranking_mining, ranking_run
+from twotower.training import ranking_eval, ranking_mining, ranking_run
 
 RANKING_OPTIONS = dict(epochs=3, progress=False, num_candidates=50, batch_size=256)
 

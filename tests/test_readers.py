@@ -8,8 +8,7 @@ from typing import Optional, Union
 import numpy as np
 import pytest
 
-from twotower.data import readers
-from twotower.data import types
+from twotower.data import readers, types
 from twotower.data.types import DataError
 
 

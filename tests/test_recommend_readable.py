@@ -17,12 +17,11 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
-from twotower import export as export_lib
-from twotower import fileio
+
+from twotower import export_artifacts as export_lib
+from twotower import fileio, serving
 from twotower import index as index_lib
-from twotower import serving
 from twotower.data import synthetic
 
 COLUMNS = ["movie_title", "release_year", "class"]

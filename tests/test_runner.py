@@ -1,4 +1,4 @@
-"""The training skeleton (twotower/train/runner.py) on a toy least-squares model.
+"""The training skeleton (twotower/training/runner.py) on a toy least-squares model.
 
 Fast and independent of the recommenders: resume trains only what is missing, recovery
 takes its settings from the config, early stopping and the plateau schedule follow the
@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
+from absl import logging as absl_logging
 
 from twotower.config import RankingConfig, TrainConfig
 from twotower.model.guarded_step import guarded_step
-from twotower.train import runner
-from twotower.train.stability import DivergenceError
+from twotower.training import runner
+from twotower.training.stability import DivergenceError
 
 STEPS_PER_EPOCH = 4
 TRUE_WEIGHTS = np.array([1.5, -2.0], np.float32)
@@ -137,8 +138,14 @@ def test_metrics_record_keeps_other_sections(tmp_path):
 
 
 def test_epoch_log_line_rounds_the_loss(tmp_path, caplog):
-  with caplog.at_level(logging.INFO):
-    _ToyRunner(tmp_path, _settings(epochs=1)).run()
+  # absl drops INFO below its own verbosity, which a test that parsed job flags may have set.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    with caplog.at_level(logging.INFO):
+      _ToyRunner(tmp_path, _settings(epochs=1)).run()
+  finally:
+    absl_logging.set_verbosity(verbosity)
   [line] = [r.getMessage() for r in caplog.records if "epoch 0: loss" in r.getMessage()]
   loss = re.search(r"loss (\S+),", line).group(1)
   assert len(re.sub(r"[^0-9]", "", loss.split("e")[0]).lstrip("0")) <= 4, line

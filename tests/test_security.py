@@ -20,10 +20,9 @@ import zipfile
 
 import pytest
 
-from twotower import export as export_lib
-from twotower import fileio
+from twotower import export_artifacts as export_lib
+from twotower import fileio, serving
 from twotower import index as index_lib
-from twotower import serving
 from twotower.data import movielens
 
 IntegrityError = index_lib.IntegrityError

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 
-from twotower import export as export_lib
+from twotower import export_artifacts as export_lib
 from twotower import serving
 
 THREADS = 8

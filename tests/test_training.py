@@ -15,10 +15,10 @@ import tensorflow as tf
 from twotower.config import Config
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
-from twotower.model.encoding import Encoder
 from twotower.jobs import train as train_job
-from twotower.train import loop
-from twotower.train.stability import DivergenceError
+from twotower.model.encoding import Encoder
+from twotower.training import loop
+from twotower.training.stability import DivergenceError
 
 
 def small_config(**overrides) -> Config:

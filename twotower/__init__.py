@@ -9,8 +9,6 @@ The public API, imported on first use: ``Config``, ``train(config, workdir)``,
 """
 import importlib as _importlib
 import os as _os
-import sys as _sys
-import types as _types
 
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up lines (the cuInit error on machines without a GPU, logged at
@@ -34,48 +32,16 @@ _API = {
     "export": ("twotower.jobs.export", "export"),
     "Recommender": ("twotower.serving", "Recommender"),
 }
-# Public functions named like a submodule: ``twotower.train`` is also the training
-# subpackage (``twotower.train.loop``), ``twotower.export`` the export module. Whichever
-# import binds the submodule first, it binds it callable, so one object is both.
-_CALLABLE_SUBMODULES = ("train", "export")
-
 __all__ = sorted(_API)
 
 
-def _resolve(name: str):
-  module, attribute = _API[name]
-  return getattr(_importlib.import_module(module), attribute)
-
-
-class _CallableModule(_types.ModuleType):
-  """A submodule that shares its name with a public function: calling it calls that."""
-
-  def __call__(self, *args, **kwargs):
-    return _resolve(self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-class _Package(_types.ModuleType):
-  """The package module: the import system binds each submodule with setattr, which here
-  makes the ones in _CALLABLE_SUBMODULES callable."""
-
-  def __setattr__(self, name, value):
-    if (name in _CALLABLE_SUBMODULES and isinstance(value, _types.ModuleType)
-        and value.__name__ == f"{__name__}.{name}"):
-      value.__class__ = _CallableModule
-    super().__setattr__(name, value)
-
-
 def __getattr__(name: str):
-  if name in _CALLABLE_SUBMODULES:
-    return _importlib.import_module(f"{__name__}.{name}")   # bound callable on import
   if name in _API:
-    value = globals()[name] = _resolve(name)
+    module, attribute = _API[name]
+    value = globals()[name] = getattr(_importlib.import_module(module), attribute)
     return value
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
   return sorted(set(globals()) | set(_API))
-
-
-_sys.modules[__name__].__class__ = _Package

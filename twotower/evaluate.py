@@ -1,6 +1,6 @@
 """Exact full-corpus retrieval metrics: Recall@K, NDCG@K, HitRate@K and MRR.
 
-The protocol (DESIGN.md, "Evaluation protocol"): every item of the corpus is scored by dot
+The protocol (docs/design.md, "Evaluation protocol"): every item of the corpus is scored by dot
 product, a user's excluded items (their training items) are never ranked, equal scores go to
 the lower item index, Recall@K divides by min(K, |targets|), NDCG@K uses binary gains and an
 ideal DCG over min(K, |targets|) hits, MRR is 1 / the full-corpus rank of the best-ranked

@@ -1,5 +1,5 @@
 """The names of an export directory's parts and its format version, shared by the writer
-(twotower.export) and the readers (twotower.serving), so that neither imports the other."""
+(twotower.export_artifacts) and the readers (twotower.serving), so that neither imports the other."""
 
 QUERY_MODEL = "query_model"           # the query SavedModel
 INDEX_DIR = "index"                   # the serialized pybind ScaNN searcher

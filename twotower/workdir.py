@@ -1,4 +1,5 @@
-"""One run's directory: its layout (pinned in DESIGN.md) and reloading what training left.
+"""One run's directory: its layout (pinned in docs/design.md, "Artifact layout") and
+reloading what training left.
 
 Downstream jobs (evaluate, rank, index, export) rebuild the prepared data from the saved
 config and check it against the saved vocabularies, so a changed input file is an error

@@ -19,9 +19,8 @@ from typing import Optional, Union
 
 from absl import logging
 
-from twotower.data import readers
+from twotower.data import readers, types
 from twotower.errors import UserError
-from twotower.data import types
 
 RECBOLE_WHEEL = "recbole==1.2.1"
 RECBOLE_WHEEL_FILENAME = "recbole-1.2.1-py3-none-any.whl"

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from twotower.data import splits
 from twotower.model.encoding import Encoder
-from twotower.train import loop, runner
+from twotower.training import loop, runner
 from twotower.workdir import Workdir, load_trained
 
 

@@ -1,7 +1,7 @@
 """The twotower-export job: a trained and indexed workdir -> a serving export directory.
 
 What goes into an export (the raw-string query SavedModel, per-user defaults, the item
-table) is built by ``twotower.export``; this job loads the run, checks its index against the
+table) is built by ``twotower.export_artifacts``; this job loads the run, checks its index against the
 trained item tower, writes everything into a temporary directory with a manifest (package
 versions, config, signatures, sha256 of every file) and swaps it in atomically.
 """
@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 import twotower
-from twotower import export as export_lib
+from twotower import export_artifacts as export_lib
 from twotower import fileio
 from twotower import index as index_lib
 from twotower.data import types
@@ -33,7 +33,7 @@ from twotower.export_layout import (
   USER_DEFAULTS,
 )
 from twotower.model.encoding import Encoder
-from twotower.train import ranking_run as ranking_lib
+from twotower.training import ranking_run as ranking_lib
 from twotower.workdir import TrainedRun, Workdir, load_trained
 
 _PACKAGES = ("tensorflow", "tf_keras", "tensorflow-recommenders", "scann", "numpy", "pandas",

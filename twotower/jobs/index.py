@@ -11,7 +11,7 @@ from twotower import fileio
 from twotower import index as index_lib
 from twotower.data.histories import latest_histories
 from twotower.model.encoding import Encoder
-from twotower.train import runner
+from twotower.training import runner
 from twotower.workdir import Workdir, load_trained
 
 

@@ -10,7 +10,7 @@ from typing import Optional
 
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
-from twotower.train import loop, runner
+from twotower.training import loop, runner
 from twotower.workdir import Workdir
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 
 from twotower.config import RankingConfig
-from twotower.train import runner
-from twotower.train.ranking import RankingTrainer
-from twotower.train.ranking_run import ranking_paths
+from twotower.training import runner
+from twotower.training.ranking import RankingTrainer
+from twotower.training.ranking_run import ranking_paths
 from twotower.workdir import load_trained
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from twotower.model.replicas import ONLY_FIRST_REPLICA as _ONE, scatter_update
+from twotower.model.replicas import ONLY_FIRST_REPLICA as _ONE
+from twotower.model.replicas import scatter_update
 
 
 class StaticFrequency(tf.Module):

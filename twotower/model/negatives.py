@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from twotower.model.replicas import ONLY_FIRST_REPLICA as _ONE, scatter_update
+from twotower.model.replicas import ONLY_FIRST_REPLICA as _ONE
+from twotower.model.replicas import scatter_update
 
 EMPTY_ID = -1
 

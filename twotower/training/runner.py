@@ -20,7 +20,7 @@ import tf_keras
 from absl import logging
 
 from twotower import fileio
-from twotower.train.stability import DivergenceError, DivergenceGuard
+from twotower.training.stability import DivergenceError, DivergenceGuard
 
 
 def number(variable):

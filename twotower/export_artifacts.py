@@ -1,7 +1,7 @@
 """What a serving export holds: a query SavedModel that takes raw strings, the index, the
 users' defaults and the item table (written by the job ``twotower.jobs.export.export``).
 
-Layout of ``export_dir`` (pinned in DESIGN.md):
+Layout of ``export_dir`` (pinned in docs/design.md, "Artifact layout"):
 
   query_model/          SavedModel. Inputs are raw strings: ``user_id`` [B], ``history``
                         [B, L'] ('' padded, any L'), one [B] string per user feature

@@ -25,7 +25,7 @@ from twotower.data.pipeline import FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import RankingModel
-from twotower.train.ranking_mining import contains, pair_keys, positive_labels
+from twotower.training.ranking_mining import contains, pair_keys, positive_labels
 
 END_TO_END_KS = (10,)
 IMPRESSION_KS = (5, 10)

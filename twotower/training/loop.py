@@ -22,9 +22,9 @@ from twotower.data import prepare as prepare_lib
 from twotower.errors import ConfigError
 from twotower.model import retrieval
 from twotower.model.encoding import Encoder
-from twotower.train import runner
-from twotower.train.drift import DriftMonitor
-from twotower.train.optimizers import make_optimizer
+from twotower.training import runner
+from twotower.training.drift import DriftMonitor
+from twotower.training.optimizers import make_optimizer
 from twotower.workdir import Workdir
 
 

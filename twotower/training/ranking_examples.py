@@ -11,7 +11,7 @@ import tensorflow as tf
 from twotower.data import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.data.pipeline import FeatureGather
-from twotower.train.ranking_mining import TrainingExamples
+from twotower.training.ranking_mining import TrainingExamples
 
 
 def ranking_dataset(data: prepare_lib.PreparedData, examples: TrainingExamples,

@@ -20,12 +20,12 @@ from twotower.data import splits
 from twotower.errors import ConfigError
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import build_ranking_model
-from twotower.train import runner
-from twotower.train.optimizers import make_optimizer
-from twotower.train.ranking_eval import Scorer, held_out_metrics, held_out_set
-from twotower.train.ranking_examples import ranking_dataset
-from twotower.train.ranking_mining import holdout_users, mine_training_examples, sample_negatives
-from twotower.train.ranking_run import ranking_paths
+from twotower.training import runner
+from twotower.training.optimizers import make_optimizer
+from twotower.training.ranking_eval import Scorer, held_out_metrics, held_out_set
+from twotower.training.ranking_examples import ranking_dataset
+from twotower.training.ranking_mining import holdout_users, mine_training_examples, sample_negatives
+from twotower.training.ranking_run import ranking_paths
 from twotower.workdir import TrainedRun, Workdir
 
 
