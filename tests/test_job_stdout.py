@@ -82,6 +82,16 @@ def test_progress_bars_go_to_stderr(jobs, job):
   assert not PROGRESS_BAR.search(done["stdout"])
 
 
+@pytest.mark.parametrize("job", ["train", "rank", "pipeline"])
+def test_stderr_has_no_tensorflow_info_lines(jobs, job):
+  """TensorFlow logs through absl too (a "Sharding callback duration" line per checkpoint
+  save); the jobs keep stderr for their own progress, and TensorFlow's warnings."""
+  stderr = jobs["done"][job]["stderr"]
+  assert "epoch 0: loss" in stderr                  # the job's own INFO lines still show
+  assert not re.search(r"^I\d{4} .*(functional_saver|tensorflow)", stderr, re.M), stderr[-2000:]
+  assert "Sharding callback" not in stderr
+
+
 def test_pipeline_summary_has_every_stage(jobs):
   summary = json.loads(jobs["done"]["pipeline"]["stdout"])
   assert {"retrieval", "ranking", "index", "export_dir", "sample"} <= set(summary)

@@ -8,6 +8,7 @@ exception is a bug and keeps its traceback and exit status 1. ``--debug`` (or ab
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -15,6 +16,7 @@ import traceback
 from typing import Callable, NoReturn, Optional, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 import twotower
 from twotower.errors import UserError
@@ -70,6 +72,17 @@ def fail(job: str, error: BaseException) -> NoReturn:
   sys.exit(USAGE_EXIT_CODE)
 
 
+_LIBRARY_DIRS = tuple(f"{os.sep}{name}{os.sep}" for name in ("tensorflow", "tf_keras"))
+
+
+def _quiet_library_info(record: logging.LogRecord) -> bool:
+  """Drops TensorFlow's own INFO lines (it logs through absl too: a "Sharding callback
+  duration" per checkpoint save), which would interleave with the job's progress lines;
+  its warnings and errors still show, and ``--debug`` keeps everything."""
+  return record.levelno >= logging.WARNING or not any(
+      d in record.pathname for d in _LIBRARY_DIRS)
+
+
 def run_job(job: str, main: Callable[[], object],
             argv: Optional[Sequence[str]] = None) -> None:
   """``app.run`` for a twotower job: flag errors and user errors end as one line + exit 2.
@@ -88,6 +101,8 @@ def run_job(job: str, main: Callable[[], object],
       raise
     if FLAGS.debug and not twotower._TF_LOG_LEVEL_FROM_USER:
       os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"   # read when TensorFlow loads, in main
+    if not FLAGS.debug:
+      absl_logging.get_absl_logger().addFilter(_quiet_library_info)
     return remaining
 
   def run_main(args: list[str]) -> None:
