@@ -8,7 +8,7 @@ from typing import Optional, Union
 import numpy as np
 import pytest
 
-from twotower.data import readers, types
+from twotower.data import grouplens, readers, types
 from twotower.data.types import DataError
 
 
@@ -468,7 +468,7 @@ def _fake_ml100k(directory: pathlib.Path) -> None:
                                     "22\t242\t1\t878887116\n")
   (directory / "u.user").write_text("196|49|M|writer|55105\n186|39|F|executive|00000\n"
                                     "22|25|M|writer|40206\n")
-  flags = lambda on: "|".join("1" if g in on else "0" for g in readers.ML100K_GENRES)
+  flags = lambda on: "|".join("1" if g in on else "0" for g in grouplens.ML100K_GENRES)
   (directory / "u.item").write_bytes((
       f"242|Kolya (1996)|24-Jan-1997||http://us.imdb.com/M/title-exact?Kolya%20(1996)|"
       f"{flags({'Comedy'})}\n"
@@ -480,7 +480,7 @@ def _fake_ml100k(directory: pathlib.Path) -> None:
 
 def test_read_movielens_original(tmp_path):
   _fake_ml100k(tmp_path / "ml-100k")
-  raw = readers.read_movielens_original(str(tmp_path / "ml-100k"))
+  raw = grouplens.read_movielens_original(str(tmp_path / "ml-100k"))
   assert raw.name == "movielens-100k"
   inter = raw.interactions
   assert list(inter.user_id) == ["196", "186", "22"]
@@ -510,7 +510,7 @@ def test_read_movielens_original_reports_bad_lines(tmp_path):
   data = tmp_path / "ml-100k" / "u.data"
   data.write_text(data.read_text() + "5\t6\tseven\t100\n")
   with pytest.raises(DataError) as e:
-    readers.read_movielens_original(str(tmp_path / "ml-100k"))
+    grouplens.read_movielens_original(str(tmp_path / "ml-100k"))
   _assert_located(e.value, str(data), 4, "rating")
 
 
