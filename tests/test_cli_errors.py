@@ -147,6 +147,18 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
   assert lines[-1].startswith("twotower-train: error: ") and "empty.csv:1" in lines[-1]
 
 
+def test_bad_input_leaves_no_run_directory_so_the_rerun_says_the_same_one_line(tmp_path):
+  bad = tmp_path / "log.csv"
+  bad.write_text("user_id,item_id,timestamp\r\n1,2,3\r\n1,3,x\r\n")   # CRLF; line 3 bad
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  argv = [f"--workdir={tmp_path / 'run'}", f"--interactions={bad}"]
+  first, again = _run("train", argv, env), _run("train", argv, env)
+  assert not (tmp_path / "run").exists()
+  for done in (first, again):   # no "config.json differs" warning from the failed first run
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"{bad}:3: field 'timestamp'" in done.stderr
+
+
 def test_an_unexpected_exception_keeps_its_traceback_and_exit_status_1():
   code = ("from twotower.cli import errors\n"
           "def main():\n"

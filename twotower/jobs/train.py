@@ -1,6 +1,6 @@
 """The workdir-level retrieval training job behind twotower-train: config, data, vocabularies.
 
-It validates and saves the config, prepares the data and hands the arrays to the retrieval
+It validates the config, prepares the data, saves both and hands the arrays to the retrieval
 trainer (train/loop.py). Rerunning it on the same workdir resumes the run.
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData]
   ``data``: already prepared from ``config.data``, to skip loading it again.
   """
   config.validate()
+  if data is None:   # first, so that bad input leaves no half-made run directory behind
+    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
   wd = Workdir(workdir)
   os.makedirs(wd.root, exist_ok=True)
   runner.save_config(wd.config, config)
-  if data is None:
-    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
   data.save_vocab(wd.vocab)
   return loop.Trainer(config, workdir, data).run()
