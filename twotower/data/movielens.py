@@ -7,7 +7,6 @@ or tampered wheel is refused before it is opened.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import shutil
@@ -19,6 +18,7 @@ from typing import Optional, Union
 
 from absl import logging
 
+from twotower import fileio
 from twotower.data import readers, types
 from twotower.errors import UserError
 
@@ -53,14 +53,6 @@ def _is_complete(directory: pathlib.Path) -> bool:
   return all((directory / name).is_file() for name in (*FILES, _MARKER))
 
 
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _download_wheel(directory: pathlib.Path) -> pathlib.Path:
   """``pip download`` of the pinned wheel into ``directory``."""
   command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:none:",
@@ -88,7 +80,7 @@ def _download_wheel(directory: pathlib.Path) -> pathlib.Path:
 
 
 def _verify(wheel: pathlib.Path) -> None:
-  actual = _sha256(wheel)
+  actual = fileio.sha256_file(str(wheel))
   if actual != RECBOLE_WHEEL_SHA256:
     raise FetchError(
         f"{wheel}: sha256 mismatch: expected {RECBOLE_WHEEL_SHA256}, got {actual}. The "

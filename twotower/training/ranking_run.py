@@ -13,11 +13,10 @@ from typing import Optional
 import tensorflow as tf
 
 from twotower.config import RankingConfig
-from twotower.model import retrieval
 from twotower.model.ranking import RankingModel, build_ranking_model
 from twotower.model.ranking_export import save_ranking_model
 from twotower.model.ranking_reranker import SAVED_MODEL_DIR  # noqa: F401  (export's manifest)
-from twotower.workdir import TrainedRun, Workdir, load_trained
+from twotower.workdir import TrainedRun, Workdir, load_trained, require, restore_retrieval_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +46,13 @@ def load_ranking(workdir: str, run: Optional[TrainedRun] = None
   again; its model is left alone (the head gets its own copy of the towers).
   """
   paths = ranking_paths(workdir)
-  for path in (paths.config, paths.best + ".index"):
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"{path} not found: {workdir} holds no trained ranking head; run "
-          f"twotower-rank --workdir={workdir} first")
+  require(workdir, (paths.config, paths.best + ".index"), "trained ranking head",
+          "twotower-rank")
   if run is None:
     run = load_trained(workdir)
   else:
-    towers = retrieval.build_retrieval_model(run.data, run.config)
-    tf.train.Checkpoint(model=towers).read(Workdir(workdir).best).expect_partial()
-    run = dataclasses.replace(run, model=towers)
+    run = dataclasses.replace(
+        run, model=restore_retrieval_model(workdir, run.data, run.config))
   config = RankingConfig.load(paths.config)
   model = build_ranking_model(run, config)
   # The checkpoint holds the frozen towers and item table the head was trained with, so the
