@@ -103,3 +103,16 @@ def test_test_users_samples_the_final_test(data, tmp_path):
   assert final["test"]["num_users"] + final["test"]["num_users_skipped"] == 10
   assert final["valid"]["num_users_in_split"] == (final["valid"]["num_users"]
                                                   + final["valid"]["num_users_skipped"])
+
+
+@pytest.mark.parametrize("field, flag", [("eval_users", "--eval_users"),
+                                         ("test_users", "--test_users"),
+                                         ("eval_every_steps", "--eval_every_steps")])
+def test_negative_values_are_refused_naming_the_flag(field, flag):
+  from twotower.errors import ConfigError
+  config = tiny_config()
+  setattr(config.train, field, -1)
+  with pytest.raises(ConfigError, match=flag):
+    config.validate()
+  setattr(config.train, field, 0)   # 0: all users / once per epoch
+  config.validate()

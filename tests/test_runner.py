@@ -230,6 +230,10 @@ def test_resume_between_mid_epoch_evaluations_matches_an_uninterrupted_run(tmp_p
   assert [e["step"] for e in paused["epochs"]] == [3, 4, 5]
   assert paused["epochs"][-1]["provisional"] and paused["final"]["best_step"] == 5
   assert paused["final"]["valid"] == {"score": 9.0}
+  # Rerun with the same limit: nothing to train, the same provisional pick again.
+  idle = _ToyRunner(tmp_path / "split", _settings(**settings, step_limit=5),
+                    score_at_step=_SCORES)
+  assert idle.run()["final"] == paused["final"] and idle.batches_fed == 0
   # ...and the rerun resumes mid-epoch with the checkpointed schedule, as if never stopped.
   resumed = _ToyRunner(tmp_path / "split", _settings(**settings), score_at_step=_SCORES)
   log = resumed.run()
@@ -238,7 +242,7 @@ def test_resume_between_mid_epoch_evaluations_matches_an_uninterrupted_run(tmp_p
           == [{k: e.get(k) for k in _SAME} for e in whole["epochs"]])
   # The same best model (step 3's weights, put back over step 5's) and figures.
   assert log["final"] == whole["final"] and log["final"]["best_step"] == 3
-  assert _tensorboard_steps(tmp_path / "split", "valid/score") == [3, 4, 5, 6, 8, 9, 12]
+  assert _tensorboard_steps(tmp_path / "split", "valid/score") == [3, 4, 5, 5, 6, 8, 9, 12]
 
 
 def test_step_limit_on_an_evaluation_is_no_provisional_one(tmp_path):
