@@ -159,6 +159,7 @@ class Runner:
     self.log = self.record.load(header)
     self.writer = tf.summary.create_file_writer(files.tensorboard)
     self.guard = DivergenceGuard(settings.divergence_spike_factor)
+    self._start_stretch()
 
   # -- what a trainer supplies -----------------------------------------------------------
   def dataset(self, epoch: int, skip_batches: int) -> Iterable:
