@@ -147,6 +147,10 @@ _HELP = {
                          "sample) every this many steps; logged to TensorBoard and "
                          "metrics.json. 0: off.",
     "drift_sample_size": "Items re-encoded per drift measurement (> 0).",
+    "refit": "After early stopping picks the epoch count on validation, train again from "
+             "the same initialisation for that many epochs on more data and ship that model: "
+             "all (train + valid + test, the default: the newest events are the most "
+             "predictive), train_valid (test stays out, so its figure is honest), or none.",
     "eval_users": "Validation during training scores a fixed sample of at most this many "
                   "validation users (the same users at every evaluation and for every "
                   "--seed), each against the whole corpus; 0: all of them.",

@@ -104,6 +104,14 @@ class MetricsRecord:
     whole[self.section] = log
     fileio.atomic_write_json(self.path, whole)
 
+  def merge_final(self, extra: dict) -> None:
+    """Adds ``extra`` to this section's finished "final" entry on disk (what a later stage,
+    such as the refit, says about the figures already there)."""
+    whole = self._file()
+    entry = whole if self.section is None else whole.setdefault(self.section, {})
+    entry.setdefault("final", {}).update(extra)
+    fileio.atomic_write_json(self.path, whole)
+
 
 def save_config(path: str, config) -> None:
   """Writes a job's config (Config or RankingConfig) as ``path``, warning when a previous
@@ -145,6 +153,9 @@ class Runner:
   train_step: Callable[[Any], dict]   # batch -> {"loss", "grad_norm"}, set by the trainer
   shown_metrics: tuple = ()   # validation metrics in the epoch's log line, besides the one
                               # early stopping watches
+  # False: a fixed number of epochs with no validation, each epoch's weights the best (a
+  # refit on data that includes the validation split has nothing to select on).
+  selects: bool = True
 
   def _start(self, model, optimizer, settings: LoopSettings, files: RunFiles, header: dict,
              steps_per_epoch: int) -> None:
@@ -260,7 +271,7 @@ class Runner:
             tf.summary.scalar(f"{self.files.summary_prefix}train/grad_norm", grad_norm)
         self.after_step(step)
         saved = False
-        if (s.eval_every_steps and step % s.eval_every_steps == 0
+        if (self.selects and s.eval_every_steps and step % s.eval_every_steps == 0
             and int(self.state.batches_done) < self.steps_per_epoch):   # not the epoch's end
           self._evaluation(epoch)
           saved = True
@@ -275,6 +286,8 @@ class Runner:
       if not diverged:
         break
     if int(self.state.batches_done) >= self.steps_per_epoch:
+      self._evaluation(epoch)
+    elif not self.selects:   # --step_limit: the partial epoch's record, as at an epoch's end
       self._evaluation(epoch)
     elif not saved:   # --step_limit between evaluations: a rerun continues from here
       self.save()
@@ -317,10 +330,15 @@ class Runner:
 
   def _evaluation(self, epoch: int) -> None:
     """An evaluation on the schedule: its record, the best checkpoint, early stopping and
-    the plateau schedule, TensorBoard; then the epoch's end if it is one, and a checkpoint."""
+    the plateau schedule, TensorBoard; then the epoch's end if it is one, and a checkpoint.
+    A trainer that does not select (``selects`` False) records the epoch without
+    validation, its latest weights the result."""
     end_of_epoch = int(self.state.batches_done) >= self.steps_per_epoch
     record = self._evaluation_record(epoch)
-    self._early_stopping(record)
+    if self.selects:
+      self._early_stopping(record)
+    else:   # the last epoch is the result; _finish writes it once the run is complete
+      self.state.best_epoch.assign(epoch)
     self.log["epochs"].append(record)
     self._summaries(record)
     if end_of_epoch:
@@ -331,7 +349,7 @@ class Runner:
 
   def _evaluation_record(self, epoch: int) -> dict:
     elapsed = time.time() - self._started
-    valid = self.evaluate()
+    valid = self.evaluate() if self.selects else {}
     return {"epoch": epoch, "step": self._step(),
             "loss": float(np.mean(self._losses)) if self._losses else None,
             "examples_per_second": self._seen / max(elapsed, 1e-9),
@@ -349,11 +367,12 @@ class Runner:
   def _log_line(self, record: dict, where: str) -> None:
     s, valid = self.settings, record["valid"]
     shown = dict.fromkeys((s.early_stopping_metric,) + tuple(self.shown_metrics))
-    logging.info("%sepoch %d%s: loss %s, %.0f examples/s, valid %s", self.files.name,
+    logging.info("%sepoch %d%s: loss %s, %.0f examples/s%s", self.files.name,
                  record["epoch"], where,
                  "n/a" if record["loss"] is None else f"{record['loss']:.4g}",
                  record["examples_per_second"],
-                 ", ".join(f"{m} {valid[m]:.4f}" for m in shown if m in valid))
+                 ", valid " + ", ".join(f"{m} {valid[m]:.4f}" for m in shown if m in valid)
+                 if valid else "")
 
   def _early_stopping(self, record: dict) -> None:
     """Best checkpoint, reduce-on-plateau and early stopping on the watched metric; the
@@ -422,7 +441,7 @@ class Runner:
   def _finish(self) -> dict:
     steps = self._step()   # before the best model (and its step) is read
     records = self.log["epochs"]
-    if not records or records[-1]["step"] != steps:
+    if self.selects and (not records or records[-1]["step"] != steps):
       self._provisional_evaluation()
     if not os.path.exists(self.files.best + ".index"):   # no evaluation had the metric
       self.best_checkpoint.write(self.files.best)
