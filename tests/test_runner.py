@@ -46,7 +46,8 @@ class _ToyRunner(runner.Runner):
   """Batches of 8 rows; ``faults``: (epoch, batch) positions whose inputs are NaN;
   ``scores``: the validation score of each epoch (default: minus the weight error)."""
 
-  def __init__(self, root, settings, *, faults=(), scores=None, section=None):
+  def __init__(self, root, settings, *, faults=(), scores=None, section=None,
+               score_at_step=None):
     model = _Toy()
     optimizer = tf_keras.optimizers.SGD(0.1)
     model.compile(optimizer=optimizer)
@@ -58,6 +59,7 @@ class _ToyRunner(runner.Runner):
                 header={"toy": True}, steps_per_epoch=STEPS_PER_EPOCH)
     self.train_step = tf.function(model.train_step)
     self.faults, self.scores, self.batches_fed, self.evaluations = set(faults), scores, 0, 0
+    self.score_at_step = score_at_step   # step -> validation score, overrides the others
 
   def dataset(self, epoch, skip_batches):
     rng = np.random.default_rng(epoch)
@@ -75,12 +77,14 @@ class _ToyRunner(runner.Runner):
 
   def evaluate(self):
     self.evaluations += 1
+    if self.score_at_step is not None:
+      return {"score": self.score_at_step[self._step()]}
     if self.scores is not None:
       return {"score": self.scores[self.evaluations - 1]}
     return {"score": -float(np.abs(self.model.w.numpy() - TRUE_WEIGHTS).sum())}
 
-  def final_metrics(self):
-    return {"valid": {"w": self.model.w.numpy().tolist()}}
+  def final_metrics(self, valid):
+    return {"valid": valid, "w": self.model.w.numpy().tolist()}
 
 
 def test_resume_trains_only_the_missing_epochs(tmp_path):
@@ -161,3 +165,87 @@ def test_save_config_warns_when_the_options_change(tmp_path, caplog):
     runner.save_config(path, RankingConfig(npratio=8))
   assert "differs" in caplog.text
   assert RankingConfig.load(path).npratio == 8
+
+
+# -- evaluations inside epochs (--eval_every_steps) -----------------------------------------
+
+
+def _tensorboard_steps(root, tag):
+  import glob
+  steps = []
+  for path in glob.glob(str(root / "tensorboard" / "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      steps += [event.step for value in event.summary.value if value.tag == tag]
+  return sorted(steps)
+
+
+def test_mid_epoch_evaluations_come_at_their_steps(tmp_path):
+  trainer = _ToyRunner(tmp_path, _settings(epochs=2, eval_every_steps=3))
+  log = trainer.run()
+  # Every 3 steps and at each epoch's end (4 steps an epoch); no step evaluated twice.
+  assert [(e["epoch"], e["step"]) for e in log["epochs"]] == [(0, 3), (0, 4), (1, 6), (1, 8)]
+  assert _tensorboard_steps(tmp_path, "valid/score") == [3, 4, 6, 8]
+  on_disk = json.loads((tmp_path / "metrics.json").read_text())
+  assert [e["step"] for e in on_disk["epochs"]] == [3, 4, 6, 8]
+  assert log["final"]["steps"] == 8 and trainer.evaluations == 4
+
+
+def test_patience_and_plateau_count_evaluations_not_epochs(tmp_path):
+  trainer = _ToyRunner(tmp_path, _settings(epochs=5, patience=2, lr_plateau_patience=1,
+                                           eval_every_steps=2),
+                       scores=[1.0, 0.5, 0.4, 0.3, 0.2])
+  log = trainer.run()
+  # Best at the first evaluation, two more without gain: stopped at step 6, in epoch 1.
+  assert [(e["epoch"], e["step"]) for e in log["epochs"]] == [(0, 2), (0, 4), (1, 6)]
+  assert [e["learning_rate"] for e in log["epochs"]] == pytest.approx([0.1, 0.1, 0.05])
+  assert log["final"]["steps"] == 6 and trainer.batches_fed == 6
+  assert (log["final"]["best_epoch"], log["final"]["best_step"]) == (0, 2)
+
+
+def test_final_valid_is_the_best_evaluations_record_not_recomputed(tmp_path):
+  trainer = _ToyRunner(tmp_path, _settings(epochs=3, eval_every_steps=2),
+                       scores=[0.1, 0.3, 0.2, 0.25, 0.15, 0.05])
+  log = trainer.run()
+  assert trainer.evaluations == len(log["epochs"]) == 6    # none after training
+  [best] = [e for e in log["epochs"] if e["step"] == log["final"]["best_step"]]
+  assert best["step"] == 4 and best["best"]
+  assert log["final"]["valid"] == best["valid"] == {"score": 0.3}
+
+
+# Validation score by step: best at 3, then the plateau halves the rate at every evaluation,
+# which changes the weights after it; step 5 (where the interrupted run stops) scores best.
+_SCORES = {3: 1.0, 4: 0.9, 5: 9.0, 6: 0.8, 8: 0.7, 9: 0.6, 12: 0.5}
+_SAME = ("epoch", "step", "learning_rate", "valid", "best")
+
+
+def test_resume_between_mid_epoch_evaluations_matches_an_uninterrupted_run(tmp_path):
+  settings = dict(epochs=3, patience=10, lr_plateau_patience=1, eval_every_steps=3)
+  whole = _ToyRunner(tmp_path / "whole", _settings(**settings), score_at_step=_SCORES).run()
+  assert [e["step"] for e in whole["epochs"]] == [3, 4, 6, 8, 9, 12]
+
+  # Stopped at step 5, between the evaluations at 4 and 6: the last weights are evaluated
+  # provisionally and picked as the model of this call...
+  paused = _ToyRunner(tmp_path / "split", _settings(**settings, step_limit=5),
+                      score_at_step=_SCORES).run()
+  assert [e["step"] for e in paused["epochs"]] == [3, 4, 5]
+  assert paused["epochs"][-1]["provisional"] and paused["final"]["best_step"] == 5
+  assert paused["final"]["valid"] == {"score": 9.0}
+  # Rerun with the same limit: nothing to train, the same provisional pick again.
+  idle = _ToyRunner(tmp_path / "split", _settings(**settings, step_limit=5),
+                    score_at_step=_SCORES)
+  assert idle.run()["final"] == paused["final"] and idle.batches_fed == 0
+  # ...and the rerun resumes mid-epoch with the checkpointed schedule, as if never stopped.
+  resumed = _ToyRunner(tmp_path / "split", _settings(**settings), score_at_step=_SCORES)
+  log = resumed.run()
+  assert resumed.batches_fed == 12 - 5
+  assert ([{k: e.get(k) for k in _SAME} for e in log["epochs"]]
+          == [{k: e.get(k) for k in _SAME} for e in whole["epochs"]])
+  # The same best model (step 3's weights, put back over step 5's) and figures.
+  assert log["final"] == whole["final"] and log["final"]["best_step"] == 3
+  assert _tensorboard_steps(tmp_path / "split", "valid/score") == [3, 4, 5, 5, 6, 8, 9, 12]
+
+
+def test_step_limit_on_an_evaluation_is_no_provisional_one(tmp_path):
+  log = _ToyRunner(tmp_path, _settings(epochs=3, eval_every_steps=3, step_limit=6)).run()
+  assert [e["step"] for e in log["epochs"]] == [3, 4, 6]
+  assert not any(e.get("provisional") for e in log["epochs"])

@@ -119,6 +119,9 @@ class TrainConfig:
   drift_every_steps: int = 100                # Δt of the embedding-drift monitor; 0: off
   drift_sample_size: int = 1024               # items re-encoded per drift measurement
   refit: Refit = "all"                        # after selection, retrain on more of the data
+  eval_users: int = 10_000                    # validation users sampled per evaluation; 0: all
+  test_users: int = 0                         # test users sampled for the final test; 0: all
+  eval_every_steps: int = 0                   # also validate every N steps; 0: per epoch only
 
 
 @dataclasses.dataclass
@@ -229,6 +232,10 @@ class Config:
          f"--eval_ks must be positive (and at least one), got {list(t.eval_ks)}"),
         (0 <= m.id_dropout < 1, f"--id_dropout must be in [0, 1), got {m.id_dropout}"),
         (t.refit in REFITS, f"--refit must be one of {REFITS}, got {t.refit!r}"),
+        (t.eval_users >= 0, f"--eval_users must be >= 0 (0: all), got {t.eval_users}"),
+        (t.test_users >= 0, f"--test_users must be >= 0 (0: all), got {t.test_users}"),
+        (t.eval_every_steps >= 0,
+         f"--eval_every_steps must be >= 0 (0: once per epoch), got {t.eval_every_steps}"),
     ])
     metric = t.early_stopping_metric
     names = ({f"{kind}@{k}" for kind in ("recall", "ndcg", "hit_rate") for k in t.eval_ks}

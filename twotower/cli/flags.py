@@ -112,13 +112,14 @@ _HELP = {
     "learning_rate": "Initial learning rate of --optimizer (> 0).",
     "optimizer": "lazy_adam (Adam updating only the embedding rows a batch touches), "
                  "adam, adagrad or clippy_adagrad.",
-    "early_stopping_metric": "Validation metric that picks the best epoch and stops "
+    "early_stopping_metric": "Validation metric that picks the best evaluation and stops "
                              "training: recall@K, ndcg@K or hit_rate@K with K in --eval_ks, "
                              "or mrr.",
-    "patience": "Epochs in a row without a better --early_stopping_metric before "
-                "training stops (0: at the first such epoch).",
-    "lr_plateau_patience": "Epochs without improvement before the learning rate is "
-                           "multiplied by --lr_plateau_factor; 0: never.",
+    "patience": "Evaluations (epochs, unless --eval_every_steps) in a row without a better "
+                "--early_stopping_metric before training stops (0: at the first such one).",
+    "lr_plateau_patience": "Evaluations (epochs, unless --eval_every_steps) without "
+                           "improvement before the learning rate is multiplied by "
+                           "--lr_plateau_factor; 0: never.",
     "lr_plateau_factor": "Learning-rate multiplier on a plateau, in (0, 1].",
     "eval_ks": "Cutoffs K of the retrieval metrics (Recall/NDCG/HitRate@K), "
                "comma-separated.",
@@ -150,6 +151,15 @@ _HELP = {
              "the same initialisation for that many epochs on more data and ship that model: "
              "all (train + valid + test, the default: the newest events are the most "
              "predictive), train_valid (test stays out, so its figure is honest), or none.",
+    "eval_users": "Validation during training scores a fixed sample of at most this many "
+                  "validation users (the same users at every evaluation and for every "
+                  "--seed), each against the whole corpus; 0: all of them.",
+    "test_users": "The final test scores a fixed sample of at most this many test users; "
+                  "0: all of them.",
+    "eval_every_steps": "Also validate every this many steps inside an epoch (and at its "
+                        "end), for epochs of thousands of steps; --patience and "
+                        "--lr_plateau_patience then count evaluations, not epochs. 0: "
+                        "once per epoch.",
 }
 
 _RANKING_HELP = {

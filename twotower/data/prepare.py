@@ -169,13 +169,19 @@ def prepare(raw: types.RawDataset, config: DataConfig) -> PreparedData:
                       events, stats)
 
 
+# Seed of the evaluation samples (--eval_users, --test_users): fixed rather than --seed, so
+# that runs with different seeds are measured on the same users.
+EVAL_SAMPLE_SEED = 20_181
+
+
 @dataclasses.dataclass
 class EvalQueries:
-  """One query per user with held-out events in a split."""
+  """One query per user with held-out events in a split (or in a sample of its users)."""
   user: np.ndarray        # int32 user ids [U]
   history: np.ndarray     # int32 item ids [U, L], most recent last, PAD-padded in front
   targets: ItemSets       # corpus indices of the user's events in the split
   exclude: ItemSets       # corpus indices of everything the user did before the split
+  split_users: int = 0    # users with events in the split, these U among them
 
 
 def gather_history(items: np.ndarray, start: np.ndarray, end: np.ndarray,
@@ -187,11 +193,27 @@ def gather_history(items: np.ndarray, start: np.ndarray, end: np.ndarray,
   return np.where(valid, items[np.clip(pos, 0, max(len(items) - 1, 0))], PAD).astype(np.int32)
 
 
-def eval_queries(data: PreparedData, split_code: int, history_length: int) -> EvalQueries:
+def sample_rows(num_rows: int, max_rows: int, seed) -> np.ndarray:
+  """Sorted indices of a seeded sample of at most ``max_rows`` of ``num_rows`` rows; all of
+  them when ``max_rows`` is 0 or covers them. A prefix of one seeded permutation, so a
+  smaller sample is part of a larger one."""
+  if max_rows <= 0 or max_rows >= num_rows:
+    return np.arange(num_rows)
+  return np.sort(np.random.default_rng(seed).permutation(num_rows)[:max_rows])
+
+
+def eval_queries(data: PreparedData, split_code: int, history_length: int,
+                 max_users: int = 0) -> EvalQueries:
+  """The split's queries; with ``max_users`` > 0, those of a fixed sample of at most that
+  many of its users (the same for every call: seeded by EVAL_SAMPLE_SEED and the split)."""
   ev = data.events
-  mask = ev.split == split_code
-  idx = np.flatnonzero(mask)
+  idx = np.flatnonzero(ev.split == split_code)
   users, first = np.unique(ev.user[idx], return_index=True)
+  split_users = len(users)
+  if 0 < max_users < split_users:
+    users = users[sample_rows(split_users, max_users, [EVAL_SAMPLE_SEED, split_code])]
+    idx = idx[np.isin(ev.user[idx], users)]
+    first = np.searchsorted(ev.user[idx], users)   # idx is sorted by user
   boundary = idx[first]                       # first held-out event of each user
   start = ev.user_start[boundary]
   history = gather_history(ev.item, start, boundary, history_length)
@@ -201,4 +223,4 @@ def eval_queries(data: PreparedData, split_code: int, history_length: int) -> Ev
   before = np.flatnonzero((ev.split < split_code) & np.isin(ev.user, users))
   exclude = ItemSets.from_pairs(np.searchsorted(users, ev.user[before]),
                                 ev.item[before] - data.item_vocab.offset, len(users))
-  return EvalQueries(users.astype(np.int32), history, targets, exclude)
+  return EvalQueries(users.astype(np.int32), history, targets, exclude, split_users)

@@ -1,10 +1,12 @@
 """The retrieval trainer: what the training skeleton (train/runner.py) runs for the towers.
 
 It supplies shuffled batches, the replicated step (under a tf.distribute strategy when asked)
-and exact full-corpus validation metrics after each epoch; the checkpoints, resume, guard,
-early stopping and plateau schedule are the skeleton's. At the end the best epoch's weights
-are restored, scored on the test split and kept as ``checkpoints/best`` for the index, export
-and ranking jobs. The workdir-level job (config, data, vocabularies) is jobs/train.py.
+and exact full-corpus validation metrics of a fixed sample of --eval_users validation users
+(each user against the whole corpus); the checkpoints, resume, guard, early stopping and
+plateau schedule are the skeleton's. At the end the best evaluation's weights are restored,
+scored on the test split (all users, or --test_users of them) and kept as
+``checkpoints/best`` for the index, export and ranking jobs; their validation figures are
+the best evaluation's, not recomputed. The workdir-level job (config, data, vocabularies) is jobs/train.py.
 """
 from __future__ import annotations
 
@@ -28,22 +30,36 @@ from twotower.training.optimizers import make_optimizer
 from twotower.workdir import Workdir
 
 
+def split_queries(data: prepare_lib.PreparedData, split_code: int,
+                  config: Config) -> prepare_lib.EvalQueries:
+  """The queries a split is measured on: a fixed sample of at most --eval_users validation
+  or --test_users test users (0: all of them)."""
+  t = config.train
+  max_users = t.eval_users if split_code == splits.VALID else t.test_users
+  return prepare_lib.eval_queries(data, split_code, config.data.history_length, max_users)
+
+
 def split_metrics(model, data: prepare_lib.PreparedData, split_code: int, config: Config,
-                  encoder: Optional[Encoder] = None) -> dict:
-  """Exact full-corpus metrics of the model on one split."""
+                  encoder: Optional[Encoder] = None,
+                  queries: Optional[prepare_lib.EvalQueries] = None) -> dict:
+  """Exact full-corpus metrics of the model on one split's queries (``split_queries``
+  unless given), and how many of the split's users they cover."""
   encoder = encoder or Encoder(model, data)
-  queries = prepare_lib.eval_queries(data, split_code, config.data.history_length)
+  queries = queries if queries is not None else split_queries(data, split_code, config)
   if len(queries.user) == 0:
-    return {"num_users": 0}
-  return evaluate_lib.retrieval_metrics(
-      encoder.users(queries.user, queries.history), encoder.items(),
-      queries.targets, queries.exclude, ks=config.train.eval_ks)
+    return {"num_users": 0, "num_users_in_split": queries.split_users}
+  return {**evaluate_lib.retrieval_metrics(
+              encoder.users(queries.user, queries.history), encoder.items(),
+              queries.targets, queries.exclude, ks=config.train.eval_ks),
+          "num_users_in_split": queries.split_users}
 
 
-def most_popular_metrics(data: prepare_lib.PreparedData, split_code: int, config: Config) -> dict:
-  queries = prepare_lib.eval_queries(data, split_code, config.data.history_length)
-  return evaluate_lib.most_popular_metrics(data.train_item_counts(), queries.targets,
-                                           queries.exclude, ks=config.train.eval_ks)
+def most_popular_metrics(data: prepare_lib.PreparedData, split_code: int, config: Config,
+                         queries: Optional[prepare_lib.EvalQueries] = None) -> dict:
+  queries = queries if queries is not None else split_queries(data, split_code, config)
+  return {**evaluate_lib.most_popular_metrics(data.train_item_counts(), queries.targets,
+                                              queries.exclude, ks=config.train.eval_ks),
+          "num_users_in_split": queries.split_users}
 
 
 def build_model(data: prepare_lib.PreparedData, config: Config):
@@ -98,6 +114,8 @@ class Trainer(runner.Runner):
     # One encoder for the whole run: its traced functions are reused every epoch instead of
     # retraced (TensorFlow warns about functions created in a loop).
     self.encoder = Encoder(self.model, data)
+    # The same validation users at every evaluation, their queries built once.
+    self.valid_queries = split_queries(data, splits.VALID, config)
     self.drift = (DriftMonitor(self.encoder, data.corpus_ids(),
                                t.drift_sample_size, t.seed)
                   if t.drift_every_steps else None)
@@ -145,12 +163,16 @@ class Trainer(runner.Runner):
                      drift, threshold, step)
 
   def evaluate(self) -> dict:
-    return split_metrics(self.model, self.data, splits.VALID, self.config, self.encoder)
+    return split_metrics(self.model, self.data, splits.VALID, self.config, self.encoder,
+                         self.valid_queries)
 
-  def final_metrics(self) -> dict:
-    return {"valid": self.evaluate(),
-            "test": split_metrics(self.model, self.data, splits.TEST, self.config, self.encoder),
-            "most_popular_test": most_popular_metrics(self.data, splits.TEST, self.config)}
+  def final_metrics(self, valid: Optional[dict]) -> dict:
+    test = split_queries(self.data, splits.TEST, self.config)
+    return {"valid": valid if valid is not None else self.evaluate(),
+            "test": split_metrics(self.model, self.data, splits.TEST, self.config,
+                                  self.encoder, test),
+            "most_popular_test": most_popular_metrics(self.data, splits.TEST, self.config,
+                                                      test)}
 
 
 def selection_files(wd: Workdir, config: Config) -> runner.RunFiles:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -95,6 +96,8 @@ class RankingTrainer(runner.Runner):
                         f"{sorted(k for k in valid if k != 'num_users')}, got {metric!r}")
     return valid
 
-  def final_metrics(self) -> dict:
-    return {"valid": held_out_metrics(self.scorer, self.valid, self.data.num_items),
+  def final_metrics(self, valid: Optional[dict]) -> dict:
+    if valid is None:
+      valid = held_out_metrics(self.scorer, self.valid, self.data.num_items)
+    return {"valid": valid,
             "test": held_out_metrics(self.scorer, self.test, self.data.num_items)}

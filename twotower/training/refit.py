@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class RefitTrainer(loop.Trainer):
     super().after_step(step)
     self._follow_schedule(step)
 
-  def final_metrics(self) -> dict:
+  def final_metrics(self, valid: Optional[dict]) -> dict:
     if self.config.train.refit == "all":   # nothing is held out any more
       return {}
     return {"test": loop.split_metrics(self.model, self.data, splits.TEST, self.config,

@@ -6,10 +6,20 @@ checkpoints and resume (mid-epoch too), the divergence guard and its recovery, t
 bar and TensorBoard, early stopping and the reduce-on-plateau schedule, the best checkpoint,
 the record in ``metrics.json`` and the saved config. Rerunning a trainer resumes it from its
 latest checkpoint.
+
+Evaluations happen at the end of each epoch and, with ``eval_every_steps``, every that many
+steps inside it; early stopping, patience and the plateau schedule count evaluations. Each
+one is a record in ``metrics.json`` (its epoch and step) and is followed by a checkpoint, so
+a run killed between two evaluations resumes with the schedule it had. A run stopped by
+``step_limit`` between evaluations checkpoints first and then evaluates its last weights
+*provisionally*: that evaluation may pick the final model, but patience and the plateau
+schedule ignore it, and a rerun that trains on undoes it (the best checkpoint it displaced is
+put back), so stopping and continuing gives the evaluations of an uninterrupted run.
 """
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -43,6 +53,7 @@ class LoopSettings:
   progress: bool
   step_limit: int = 0                # 0: no limit
   checkpoint_every_steps: int = 0    # 0: at the end of each epoch only
+  eval_every_steps: int = 0          # 0: evaluate at the end of each epoch only
 
   @classmethod
   def of(cls, config) -> "LoopSettings":
@@ -111,6 +122,10 @@ def save_config(path: str, config) -> None:
   fileio.atomic_write_bytes(path, config.to_json().encode())
 
 
+# Where a provisional evaluation's new best puts the best checkpoint it displaces.
+_SET_ASIDE = "-displaced"
+
+
 class LoopState(tf.Module):
   """What the loop must remember across a restart, checkpointed with the model."""
 
@@ -121,9 +136,11 @@ class LoopState(tf.Module):
     self.batches_done = var(0, tf.int64)           # batches consumed in the current epoch
     self.best = var(-np.inf, tf.float64)
     self.best_epoch = var(-1, tf.int64)
-    self.epochs_since_best = var(0, tf.int64)
+    self.epochs_since_best = var(0, tf.int64)      # evaluations since the best (the name
+                                                   # predates mid-epoch evaluations)
     self.stopped = var(False, tf.bool)
     self.recoveries = var(0, tf.int64)
+    self.best_step = var(-1, tf.int64)
 
 
 class Runner:
@@ -153,6 +170,7 @@ class Runner:
     self.log = self.record.load(header)
     self.writer = tf.summary.create_file_writer(files.tensorboard)
     self.guard = DivergenceGuard(settings.divergence_spike_factor)
+    self._start_stretch()
 
   # -- what a trainer supplies -----------------------------------------------------------
   def dataset(self, epoch: int, skip_batches: int) -> Iterable:
@@ -165,11 +183,16 @@ class Runner:
     raise NotImplementedError
 
   def evaluate(self) -> dict:
-    """Validation metrics after an epoch."""
+    """Validation metrics of the current weights (after an epoch, or every
+    ``eval_every_steps``)."""
     raise NotImplementedError
 
-  def final_metrics(self) -> dict:
-    """The final results of the best epoch's model (restored when this is called)."""
+  def final_metrics(self, valid: Optional[dict]) -> dict:
+    """The final results of the best evaluation's model (restored when this is called).
+
+    ``valid`` is that evaluation's figures, to reuse rather than recompute (an evaluation
+    can take minutes at scale); None when no evaluation picked the model.
+    """
     raise NotImplementedError
 
   def begin_epoch(self, epoch: int) -> None:
@@ -204,9 +227,13 @@ class Runner:
   def run(self) -> dict:
     """Trains (or resumes) to the end; returns the metrics log with its "final" entry."""
     s = self.settings
-    if self.restore_latest():
+    provisional = self.log.pop("provisional_best", None)
+    restored = self.restore_latest()
+    if provisional is not None:   # the last run ended with one; training on undoes it
+      self._undo_provisional_best(provisional["displaced"])
+    if restored:   # evaluations after the checkpoint are redone
       self.log["epochs"] = [e for e in self.log["epochs"]
-                            if e["epoch"] < int(self.state.epoch)]
+                            if e["step"] <= self._step() and not e.get("provisional")]
     else:
       self.log["epochs"] = []
       self.save()    # step 0: what a divergence before the first checkpoint restores
@@ -221,7 +248,8 @@ class Runner:
                                      stateful_metrics=["loss"])
     progbar.update(int(self.state.batches_done))
     self.begin_epoch(epoch)
-    started, losses, seen = time.time(), [], 0
+    self._start_stretch()
+    saved = False   # whether the current step's state is checkpointed
     while int(self.state.batches_done) < self.steps_per_epoch:
       diverged = False
       for batch in self.dataset(epoch, int(self.state.batches_done)):
@@ -230,25 +258,44 @@ class Runner:
         reason = self.guard.check(loss, grad_norm)
         if reason:
           self._recover(reason)
-          diverged = True
+          diverged = saved = True
           break
-        losses.append(loss)
-        seen += self.batch_examples(batch, int(self.state.batches_done))
+        self._losses.append(loss)
+        self._seen += self.batch_examples(batch, int(self.state.batches_done))
         self.state.batches_done.assign_add(1)
         step = self._step()
-        progbar.add(1, [("loss", float(np.mean(losses[-50:])))])
+        progbar.add(1, [("loss", float(np.mean(self._losses[-50:])))])
         if step % 10 == 0:
           with self.writer.as_default(step=step):
             tf.summary.scalar(f"{self.files.summary_prefix}train/loss", loss)
             tf.summary.scalar(f"{self.files.summary_prefix}train/grad_norm", grad_norm)
         self.after_step(step)
-        if s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0:
+        saved = False
+        if (self.selects and s.eval_every_steps and step % s.eval_every_steps == 0
+            and int(self.state.batches_done) < self.steps_per_epoch):   # not the epoch's end
+          self._evaluation(epoch)
+          saved = True
+          if bool(self.state.stopped):
+            return
+          self._start_stretch()
+        elif s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0:
           self.save()
+          saved = True
         if self._step_limit_reached():
           break
       if not diverged:
         break
-    self._end_epoch(epoch, losses, seen, time.time() - started)
+    if int(self.state.batches_done) >= self.steps_per_epoch:
+      self._evaluation(epoch)
+    elif not self.selects:   # --step_limit: the partial epoch's record, as at an epoch's end
+      self._evaluation(epoch)
+    elif not saved:   # --step_limit between evaluations: a rerun continues from here
+      self.save()
+
+  def _start_stretch(self) -> None:
+    """The loss and speed figures of the next evaluation's record cover the steps from here."""
+    self._losses: list = []
+    self._seen, self._started = 0, time.time()
 
   def _recover(self, reason: str) -> None:
     """Back to the last good checkpoint, a lower learning rate, past the bad batch."""
@@ -266,6 +313,7 @@ class Runner:
       raise DivergenceError(f"{name}training diverged at step {bad_step} ({reason}) and no "
                             f"checkpoint could be restored")
     restored_step = self._step()
+    self.log["epochs"] = [e for e in self.log["epochs"] if e["step"] <= restored_step]
     self.optimizer.learning_rate.assign(lr)
     # Skip the window: continue after the offending batch of the epoch it happened in.
     self.state.epoch.assign(bad_epoch)
@@ -280,64 +328,129 @@ class Runner:
                     bad_batch + 1)
     self.save()
 
-  def _end_epoch(self, epoch, losses, seen, elapsed) -> None:
-    s, prefix = self.settings, self.files.summary_prefix
-    valid = self.evaluate() if self.selects else {}
-    record = {"epoch": epoch, "step": self._step(),
-              "loss": float(np.mean(losses)) if losses else None,
-              "examples_per_second": seen / max(elapsed, 1e-9),
-              "learning_rate": number(self.optimizer.learning_rate),
-              **self.epoch_extras(), "valid": valid}
+  def _evaluation(self, epoch: int) -> None:
+    """An evaluation on the schedule: its record, the best checkpoint, early stopping and
+    the plateau schedule, TensorBoard; then the epoch's end if it is one, and a checkpoint.
+    A trainer that does not select (``selects`` False) records the epoch without
+    validation, its latest weights the result."""
+    end_of_epoch = int(self.state.batches_done) >= self.steps_per_epoch
+    record = self._evaluation_record(epoch)
     if self.selects:
       self._early_stopping(record)
     else:   # the last epoch is the result; _finish writes it once the run is complete
       self.state.best_epoch.assign(epoch)
     self.log["epochs"].append(record)
-    with self.writer.as_default(step=self._step()):
-      for metric, value in valid.items():
-        tf.summary.scalar(f"{prefix}valid/{metric}", value)
-      tf.summary.scalar(f"{prefix}train/examples_per_second", record["examples_per_second"])
-      tf.summary.scalar(f"{prefix}train/learning_rate", record["learning_rate"])
-    if int(self.state.batches_done) >= self.steps_per_epoch:
+    self._summaries(record)
+    if end_of_epoch:
       self.state.epoch.assign_add(1)
       self.state.batches_done.assign(0)
     self.save()
+    self._log_line(record, "" if end_of_epoch else f" step {record['step']}")
+
+  def _evaluation_record(self, epoch: int) -> dict:
+    elapsed = time.time() - self._started
+    valid = self.evaluate() if self.selects else {}
+    return {"epoch": epoch, "step": self._step(),
+            "loss": float(np.mean(self._losses)) if self._losses else None,
+            "examples_per_second": self._seen / max(elapsed, 1e-9),
+            "learning_rate": number(self.optimizer.learning_rate),
+            **self.epoch_extras(), "valid": valid}
+
+  def _summaries(self, record: dict) -> None:
+    prefix = self.files.summary_prefix
+    with self.writer.as_default(step=record["step"]):
+      for metric, value in record["valid"].items():
+        tf.summary.scalar(f"{prefix}valid/{metric}", value)
+      tf.summary.scalar(f"{prefix}train/examples_per_second", record["examples_per_second"])
+      tf.summary.scalar(f"{prefix}train/learning_rate", record["learning_rate"])
+
+  def _log_line(self, record: dict, where: str) -> None:
+    s, valid = self.settings, record["valid"]
     shown = dict.fromkeys((s.early_stopping_metric,) + tuple(self.shown_metrics))
-    logging.info("%sepoch %d: loss %s, %.0f examples/s%s", self.files.name, epoch,
+    logging.info("%sepoch %d%s: loss %s, %.0f examples/s%s", self.files.name,
+                 record["epoch"], where,
                  "n/a" if record["loss"] is None else f"{record['loss']:.4g}",
                  record["examples_per_second"],
                  ", valid " + ", ".join(f"{m} {valid[m]:.4f}" for m in shown if m in valid)
                  if valid else "")
 
   def _early_stopping(self, record: dict) -> None:
-    """Best checkpoint, reduce-on-plateau and early stopping on the watched metric."""
+    """Best checkpoint, reduce-on-plateau and early stopping on the watched metric; the
+    patiences count evaluations."""
     s, state = self.settings, self.state
     value = record["valid"].get(s.early_stopping_metric, -np.inf)
     if value > float(state.best):
-      state.best.assign(value)
-      state.best_epoch.assign(record["epoch"])
+      self._mark_best(record, value)
       state.epochs_since_best.assign(0)
-      self.best_checkpoint.write(self.files.best)
-      record["best"] = True
       return
     state.epochs_since_best.assign_add(1)
     since = int(state.epochs_since_best)
     if s.lr_plateau_patience and since % s.lr_plateau_patience == 0:
       new_lr = number(self.optimizer.learning_rate) * s.lr_plateau_factor
       self.optimizer.learning_rate.assign(new_lr)
-      logging.info("%sno %s improvement for %d epochs: learning rate -> %g", self.files.name,
-                   s.early_stopping_metric, since, new_lr)
+      logging.info("%sno %s improvement for %d evaluations: learning rate -> %g",
+                   self.files.name, s.early_stopping_metric, since, new_lr)
     if since >= s.patience:
-      logging.info("%searly stopping: best %s %.4f at epoch %d", self.files.name,
-                   s.early_stopping_metric, float(state.best), int(state.best_epoch))
+      logging.info("%searly stopping: best %s %.4f at epoch %d, step %d", self.files.name,
+                   s.early_stopping_metric, float(state.best), int(state.best_epoch),
+                   int(state.best_step))
       state.stopped.assign(True)
+
+  def _mark_best(self, record: dict, value: float) -> None:
+    state = self.state
+    state.best.assign(value)
+    state.best_epoch.assign(record["epoch"])
+    state.best_step.assign(record["step"])
+    self.best_checkpoint.write(self.files.best)
+    record["best"] = True
+
+  # -- the provisional evaluation at --step_limit ----------------------------------------
+  def _provisional_evaluation(self) -> None:
+    """The last weights, unevaluated because --step_limit stopped between evaluations: a
+    record that may pick the final model (the best checkpoint it displaces is set aside for
+    a rerun to put back) but leaves the checkpointed schedule alone."""
+    record = {**self._evaluation_record(int(self.state.epoch)), "provisional": True}
+    value = record["valid"].get(self.settings.early_stopping_metric, -np.inf)
+    if value > float(self.state.best):
+      displaced = os.path.exists(self.files.best + ".index")
+      self.log["provisional_best"] = {"displaced": displaced}
+      self.record.write(self.log)     # first: a rerun must know to undo what follows
+      if displaced:
+        self._move_checkpoint(self.files.best, self.files.best + _SET_ASIDE)
+      self._mark_best(record, value)
+    self.log["epochs"].append(record)
+    self._summaries(record)
+    self._log_line(record, f" step {record['step']} (--step_limit, provisional)")
+
+  def _undo_provisional_best(self, displaced: bool) -> None:
+    """Puts back the best checkpoint a provisional evaluation displaced (or removes the one
+    it wrote where there was none). Safe to repeat after a crash halfway."""
+    if displaced:
+      self._move_checkpoint(self.files.best + _SET_ASIDE, self.files.best)
+    else:
+      for path in glob.glob(glob.escape(self.files.best) + ".*"):
+        os.remove(path)
+
+  @staticmethod
+  def _move_checkpoint(source: str, target: str) -> None:
+    """Renames a checkpoint's files, its .index (what marks it readable) last."""
+    paths = sorted(glob.glob(glob.escape(source) + ".*"), key=lambda p: p.endswith(".index"))
+    for path in paths:
+      os.replace(path, target + path[len(source):])
 
   def _finish(self) -> dict:
     steps = self._step()   # before the best model (and its step) is read
-    if not os.path.exists(self.files.best + ".index"):   # stopped before any validation
+    records = self.log["epochs"]
+    if self.selects and (not records or records[-1]["step"] != steps):
+      self._provisional_evaluation()
+    if not os.path.exists(self.files.best + ".index"):   # no evaluation had the metric
       self.best_checkpoint.write(self.files.best)
     self.best_checkpoint.read(self.files.best).expect_partial()
-    self.log["final"] = {"best_epoch": int(self.state.best_epoch), **self.final_metrics(),
+    best_step = int(self.state.best_step)
+    best = next((r for r in reversed(records) if r.get("best") and r["step"] == best_step),
+                None)
+    self.log["final"] = {"best_epoch": int(self.state.best_epoch), "best_step": best_step,
+                         **self.final_metrics(best["valid"] if best else None),
                          "steps": steps, "recoveries": int(self.state.recoveries)}
     self.record.write(self.log)
     self.writer.flush()
