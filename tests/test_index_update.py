@@ -50,17 +50,18 @@ def test_update_adds_deletes_and_moves_and_the_result_reloads(saved_scann, tmp_p
   directory, items = saved_scann
   rng = np.random.default_rng(1)
   old = index_lib.load_index(directory)
-  # Next day: 40 items gone (rows spread over the corpus, the last one among them), 60 new,
-  # 30 moved far, 20 moved below the tolerance, the rest identical.
-  gone = np.concatenate([rng.choice(2999, 39, replace=False), [2999]])
+  # Next day: 60 items gone (rows spread over the corpus, the last one among them), 40 new
+  # (into 40 of the freed rows; the other 20 deleted), 30 moved far, 20 moved below the
+  # tolerance, the rest identical.
+  gone = np.concatenate([rng.choice(2999, 59, replace=False), [2999]])
   keep = np.setdiff1d(np.arange(3000), gone)
-  new_ids = np.concatenate([_ids("i", 3000)[keep], _ids("new", 60)])
-  new = np.concatenate([items[keep], _unit(rng.standard_normal((60, 16)))])
+  new_ids = np.concatenate([_ids("i", 3000)[keep], _ids("new", 40)])
+  new = np.concatenate([items[keep], _unit(rng.standard_normal((40, 16)))])
   far, near = np.arange(0, 30), np.arange(100, 120)
   new[far] = _unit(rng.standard_normal((30, 16)))
   new[near] = _unit(new[near] + 1e-3 * rng.standard_normal((20, 16)).astype(np.float32))
   d = update_lib.diff(old.item_ids, old.embeddings, new_ids, new, tolerance=1e-3)
-  assert d.counts() == {"added": 60, "deleted": 40, "moved": 30, "unchanged": 2930}
+  assert d.counts() == {"added": 40, "deleted": 60, "moved": 30, "unchanged": 2910}
   updated = update_lib.apply(old, new_ids, new, d)
   assert updated.searcher.size() == updated.num_items == len(new_ids)
   assert sorted(updated.item_ids) == sorted(new_ids)
