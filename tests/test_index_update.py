@@ -4,6 +4,8 @@ the result saves and loads, too large a change rebuilds, a mismatching run is re
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -199,3 +201,14 @@ def test_update_from_a_run_of_another_dimension_is_a_clean_error(trained, tmp_pa
   with pytest.raises(UserError, match="holds no candidate index"):
     index_job.build_index(workdir, update_from=str(empty))
   shutil.rmtree(empty)
+
+
+def test_the_cli_defaults_are_the_jobs():
+  """twotower-index's flags default to the measured thresholds build_index uses (read in a
+  subprocess: defining the CLI's flags here would clash with other jobs' flags)."""
+  code = ("import twotower.cli.index\nfrom absl import flags\n"
+          "print(flags.FLAGS['update_tolerance'].default, "
+          "flags.FLAGS['update_max_changed_fraction'].default)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.split() == [repr(index_job.DEFAULT_UPDATE_TOLERANCE),
+                                repr(index_job.DEFAULT_UPDATE_MAX_CHANGED_FRACTION)]

@@ -113,8 +113,6 @@ def apply(index: Index, new_ids: np.ndarray, new_embeddings: np.ndarray, d: Diff
     raise ValueError("an index without item ids cannot be updated")
   start = time.perf_counter()
   raw = index.searcher.searcher             # the pybind ScannNumpy: rows, not docids
-  emb = np.array(index.embeddings, np.float32)   # a writable copy (loaded ones are mapped)
-  ids = np.array(index.item_ids, dtype=object)
   reuse = min(len(d.deleted), len(d.added))
   # One upsert: moved rows and reused deleted rows updated in place, the rest appended.
   update_rows = np.concatenate([d.moved_old, d.deleted[:reuse]]).astype(np.int64)
@@ -124,13 +122,16 @@ def apply(index: Index, new_ids: np.ndarray, new_embeddings: np.ndarray, d: Diff
   vectors = new_embeddings[np.concatenate([update_src, append_src]).astype(np.int64)]
   if targets:
     got = raw.upsert(targets, list(vectors), batch_size)
-    expected = np.concatenate([update_rows, len(emb) + np.arange(len(append_src))])
+    expected = np.concatenate([update_rows, index.num_items + np.arange(len(append_src))])
     if not np.array_equal(np.asarray(got, np.int64), expected):
       raise IntegrityError("ScaNN's upsert placed rows other than expected; rebuild the index")
+  # One writable copy of the old rows (a loaded index's are memory-mapped) plus the appended.
+  emb = np.empty((index.num_items + len(append_src), index.embeddings.shape[1]), np.float32)
+  emb[:index.num_items] = index.embeddings
+  emb[index.num_items:] = new_embeddings[append_src]
+  ids = np.concatenate([np.asarray(index.item_ids, dtype=object), new_ids[append_src]])
   emb[update_rows] = new_embeddings[update_src]
   ids[update_rows] = new_ids[update_src]
-  emb = np.concatenate([emb, new_embeddings[append_src]])
-  ids = np.concatenate([ids, new_ids[append_src]])
   gone = np.sort(d.deleted[reuse:])[::-1]   # descending: the last row is never one to delete
   if len(gone):
     raw.delete([int(r) for r in gone])
