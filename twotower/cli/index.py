@@ -17,11 +17,14 @@ flags.DEFINE_integer("num_tuning_queries", 1000, "User queries to tune ScaNN on 
 flags.DEFINE_string("update_from", None, "Run directory of an earlier run whose index to "
                     "update to this run's items (new ones added, gone ones deleted, moved ones "
                     "re-inserted) instead of rebuilding; rebuilds when too much changed.")
-flags.DEFINE_float("update_tolerance", 0.02, "With --update_from: an item whose vector moved "
-                   "by at most this cosine distance keeps its indexed vector, in [0, 2).")
-flags.DEFINE_float("update_max_changed_fraction", 0.05, "With --update_from: rebuild instead "
+flags.DEFINE_float("update_tolerance", 1e-6, "With --update_from: an item whose vector moved "
+                   "by at most this cosine distance keeps its indexed (stale) vector, in "
+                   "[0, 2); stale vectors cost recall, so the default only forgives float "
+                   "noise.")
+flags.DEFINE_float("update_max_changed_fraction", 0.2, "With --update_from: rebuild instead "
                    "when more than this fraction of the old index's rows would change "
-                   "(added + deleted + moved).")
+                   "(added + deleted + moved); measured at 1M items: up to 0.2 an update "
+                   "keeps recall and is >= 6x cheaper.")
 flags.mark_flag_as_required("workdir")
 errors.require_directory("workdir")
 FLAGS = flags.FLAGS
