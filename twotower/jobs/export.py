@@ -32,6 +32,7 @@ from twotower.export_layout import (
   QUERY_MODEL,
   USER_DEFAULTS,
 )
+from twotower.index import update as index_update
 from twotower.model.encoding import Encoder
 from twotower.training import ranking_run as ranking_lib
 from twotower.workdir import TrainedRun, Workdir, load_trained
@@ -79,12 +80,12 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
   run = load_trained(workdir)
   index = index_lib.load_index(wd.index)
   encoder = Encoder(run.model, run.data)
-  current = encoder.items()
-  if current.shape != index.embeddings.shape or not np.allclose(
-      current, index.embeddings, atol=1e-4):
+  try:   # by item id: an updated index (--update_from) holds its rows in its own order
+    index_update.check_matches(index, run.data.item_vocab.tokens, encoder.items())
+  except index_lib.IntegrityError as e:
     raise index_lib.IntegrityError(
-        f"{wd.index} was built from other item embeddings than the trained model's (was the "
-        f"model retrained?); rerun twotower-index --workdir={workdir}")
+        f"{wd.index} does not index the trained model's items and embeddings ({e}; was the "
+        f"model retrained?); rerun twotower-index --workdir={workdir}") from None
   history_length = run.config.data.history_length
   defaults = export_lib.user_defaults(run.data, history_length)
   # Reference embeddings of a few known users through the training-time path (this also
@@ -98,7 +99,8 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
     index_meta = _copy_index(wd.index, tmp)
     np.savez(os.path.join(tmp, USER_DEFAULTS), **defaults)
     item_columns = export_lib.write_item_features(os.path.join(tmp, ITEM_FEATURES),
-                                       run.data.item_vocab.tokens, run.item_table)
+                                       (run.data.item_vocab.tokens if index.item_ids is None
+                                        else index.item_ids), run.item_table)
     _save_query_model(run, index, index_meta, os.path.join(tmp, INDEX_DIR),
                       os.path.join(tmp, QUERY_MODEL), history_length, defaults,
                       check_rows, expected)
