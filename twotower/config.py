@@ -116,6 +116,7 @@ class TrainConfig:
   clippy_absolute_threshold: float = 1e-7
   drift_every_steps: int = 100                # Δt of the embedding-drift monitor; 0: off
   drift_sample_size: int = 1024               # items re-encoded per drift measurement
+  init_from: Optional[str] = None             # warm start: a finished run directory
 
 
 @dataclasses.dataclass
@@ -225,6 +226,8 @@ class Config:
         (len(t.eval_ks) > 0 and all(k > 0 for k in t.eval_ks),
          f"--eval_ks must be positive (and at least one), got {list(t.eval_ks)}"),
         (0 <= m.id_dropout < 1, f"--id_dropout must be in [0, 1), got {m.id_dropout}"),
+        (t.init_from is None or bool(t.init_from.strip()),
+         "--init_from must name a run directory (or be left unset)"),
     ])
     metric = t.early_stopping_metric
     names = ({f"{kind}@{k}" for kind in ("recall", "ndcg", "hit_rate") for k in t.eval_ks}

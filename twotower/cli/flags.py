@@ -146,6 +146,11 @@ _HELP = {
                          "sample) every this many steps; logged to TensorBoard and "
                          "metrics.json. 0: off.",
     "drift_sample_size": "Items re-encoded per drift measurement (> 0).",
+    "init_from": "Warm start from this finished twotower-train run directory: its "
+                 "vocabularies are extended (old ids keep their rows, new ids get a copy of "
+                 "its OOV row), and training starts from its best weights, optimizer slots, "
+                 "frequency estimator and queue. The features and tower shapes must match. "
+                 "Only on a fresh --workdir (a rerun resumes its own checkpoints).",
 }
 
 _RANKING_HELP = {
