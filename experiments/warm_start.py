@@ -11,10 +11,11 @@ subtracted), selection plus refit when the run refits. The first warm run is the
 and exported, and the export's item ids are checked to hold every day-2 item.
 
   nice -n 10 python experiments/warm_start.py --root=/tmp/warm_exp
-  (extra twotower-train flags for every run: --train_flags=--refit=none,--epochs=30)
+  (flags for every run: --train_flags=--refit=none; per warm run: --warm="--patience=2")
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,10 +29,12 @@ from twotower.index import storage as index_storage
 
 flags.DEFINE_string("root", "/tmp/twotower_warm_start", "Directory for the data and runs.")
 flags.DEFINE_float("day1_fraction", 0.7, "Share of the events (by time) that are day 1.")
-flags.DEFINE_list("warm_patience", ["4", "2"],
-                  "--patience of the warm runs, one run each (4 is the default).")
+flags.DEFINE_multi_string("warm", ["--patience=4", "--patience=2", "--patience=1"],
+                          "Flags of one warm run (space-separated), one run per value; "
+                          "the first is indexed and exported.")
 flags.DEFINE_list("train_flags", [], "Extra twotower-train flags for every run.")
-flags.DEFINE_bool("reuse", True, "Keep runs whose metrics.json is final.")
+flags.DEFINE_bool("reuse", True, "Keep runs whose metrics.json is final (whatever their "
+                  "flags: use another --root when --train_flags change).")
 FLAGS = flags.FLAGS
 
 
@@ -116,11 +119,11 @@ def main(argv):
   runs = {"(a) scratch, days 1+2": (os.path.join(root, "run_scratch"),
                                     train(os.path.join(root, "run_scratch"),
                                           days["days12"]["paths"]))}
-  for patience in FLAGS.warm_patience:
-    workdir = os.path.join(root, f"run_warm_p{patience}")
-    runs[f"(b) warm, --patience={patience}"] = (
+  for variant in FLAGS.warm:
+    workdir = os.path.join(root, "run_warm" + re.sub(r"[^A-Za-z0-9.]+", "_", variant))
+    runs[f"(b) warm {variant}"] = (
         workdir, train(workdir, days["days12"]["paths"], f"--init_from={day1_dir}",
-                       f"--patience={patience}"))
+                       *variant.split()))
   scratch = runs["(a) scratch, days 1+2"][1]
   base_recall, base_steps = scratch["final"]["test"]["recall@20"], own_steps(scratch)
   print(f"\nday-1 run: test R@20 {day1['final']['test']['recall@20']:.4f} (its own test "
@@ -134,7 +137,7 @@ def main(argv):
           f"{recall:.4f} | {m['final']['test']['ndcg@20']:.4f} | {recall / base_recall:.3f} | "
           f"{steps / base_steps:.2f} | {m.get('wall_seconds', float('nan')):.0f} |")
   # The first warm run through index and export: does the export serve every day-2 item?
-  warm_dir = runs[f"(b) warm, --patience={FLAGS.warm_patience[0]}"][0]
+  warm_dir = runs[f"(b) warm {FLAGS.warm[0]}"][0]
   for job in ("index", "export"):
     subprocess.run([sys.executable, "-m", f"twotower.cli.{job}", f"--workdir={warm_dir}"],
                    check=True, stdout=subprocess.DEVNULL)
