@@ -11,11 +11,12 @@ from conftest import tiny_config
 
 from twotower import fileio
 from twotower.data import features as features_lib
-from twotower.data import types
+from twotower.data import pipeline, types
 from twotower.data.vocab import Vocabulary
 from twotower.errors import ConfigError
 from twotower.jobs import train as train_job
 from twotower.training import loop, warm_start
+from twotower.training import refit as refit_lib
 from twotower.workdir import Workdir, load_trained
 
 VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -93,8 +94,8 @@ def test_old_ids_keep_their_rows_and_new_ids_copy_the_oov_row(parent, started):
 def test_optimizer_slots_step_queue_and_frequency_are_carried(parent, started):
   latest = tf.train.load_checkpoint(tf.train.latest_checkpoint(Workdir(parent).checkpoints))
   optimizer, model = started.optimizer, started.model
-  assert optimizer.iterations.numpy() == latest.get_tensor(
-      "optimizer/_iterations" + VALUE) > 0
+  assert latest.get_tensor("optimizer/_iterations" + VALUE) > 0
+  assert optimizer.iterations.numpy() == 0   # the run counts its own steps
   owners = warm_start._slot_owners(optimizer, model.trainable_variables)
   table = model.item_tower.id_embedding.embeddings
   slots = [s for s in optimizer.variables if owners.get(s.ref()) is table]
@@ -165,12 +166,14 @@ def test_metrics_record_the_parent_and_a_rerun_resumes_its_own_checkpoints(paren
   assert log["parent"]["data_time_range"] == fileio.read_json(
       Workdir(parent).metrics)["data_time_range"]
   assert log["data_time_range"]["min"] <= log["data_time_range"]["max"]
-  start = log["warm_start"]["start_step"]
-  assert start == log["parent"]["steps"] > 0 and log["final"]["steps"] > start
+  assert log["parent"]["steps"] == fileio.read_json(Workdir(parent).metrics)["final"]["steps"]
   assert fileio.read_json(Workdir(workdir).metrics)["parent"] == log["parent"]
   # Downstream jobs rebuild the same extended ids from the run's own vocabularies.
-  assert list(load_trained(workdir).data.item_vocab.tokens) == list(
+  run = load_trained(workdir)
+  assert list(run.data.item_vocab.tokens) == list(
       features_lib.SavedVocabularies.load(Workdir(workdir).vocab).item_vocab.tokens)
+  # Its steps are its own: one epoch of its data.
+  assert log["final"]["steps"] == pipeline.steps_per_epoch(run.data, 256, False)
 
   # A rerun resumes: no second warm start, the parent not even needed any more.
   moved = str(tmp_path / "parent_moved")
@@ -186,3 +189,25 @@ def test_metrics_record_the_parent_and_a_rerun_resumes_its_own_checkpoints(paren
   assert again["epochs"][0] == log["epochs"][0]
   assert again["epochs"][1]["step"] > again["epochs"][0]["step"]
   assert again["parent"] == log["parent"]
+
+
+def test_the_refit_starts_from_the_warm_started_state(parent, tmp_path, monkeypatch):
+  seen = {}
+
+  def first_look(trainer):   # the refit's model as it would take its first step
+    seen["items"] = trainer.model.item_tower.id_embedding.embeddings.numpy()
+    seen["iterations"] = int(trainer.optimizer.iterations.numpy())
+    return {"final": {"steps": 0, "seconds": 0.0, "recoveries": 0}}
+
+  monkeypatch.setattr(refit_lib.RefitTrainer, "run", first_look)
+  config = _child_config(parent)
+  config.train.refit = "train_valid"
+  workdir = str(tmp_path / "child")
+  train_job.train(config, workdir)
+  init = tf.train.load_checkpoint(os.path.join(Workdir(workdir).checkpoints,
+                                               warm_start.INIT))
+  np.testing.assert_array_equal(seen["items"], init.get_tensor(ITEM_TABLE))
+  rows = len(features_lib.SavedVocabularies.load(Workdir(parent).vocab).item_vocab)
+  np.testing.assert_array_equal(seen["items"][:rows], tf.train.load_checkpoint(
+      Workdir(parent).best).get_tensor(ITEM_TABLE))
+  assert seen["iterations"] == 0

@@ -146,6 +146,10 @@ _HELP = {
                          "sample) every this many steps; logged to TensorBoard and "
                          "metrics.json. 0: off.",
     "drift_sample_size": "Items re-encoded per drift measurement (> 0).",
+    "refit": "After early stopping picks the epoch count on validation, train again from "
+             "the same initialisation for that many epochs on more data and ship that model: "
+             "all (train + valid + test, the default: the newest events are the most "
+             "predictive), train_valid (test stays out, so its figure is honest), or none.",
     "init_from": "Warm start from this finished twotower-train run directory: its "
                  "vocabularies are extended (old ids keep their rows, new ids get a copy of "
                  "its OOV row), and training starts from its best weights, optimizer slots, "

@@ -1,7 +1,8 @@
 """The workdir-level retrieval training job behind twotower-train: config, data, vocabularies.
 
 It validates the config, prepares the data, saves both and hands the arrays to the retrieval
-trainer (train/loop.py). Rerunning it on the same workdir resumes the run.
+trainer (training/loop.py), then, unless --refit=none, to the refit (training/refit.py), whose
+model is the one that ships. Rerunning it on the same workdir resumes whichever was running.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
 from twotower.training import loop, runner, warm_start
+from twotower.training import refit as refit_lib
 from twotower.workdir import Workdir
 
 
@@ -36,4 +38,10 @@ def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData]
     trainer.log["parent"] = warm_start.parent_record(parent)
     trainer.log["warm_start"] = warm_start.apply(trainer.model, trainer.optimizer, parent,
                                                  data, config)
-  return trainer.run()
+    warm_start.save_init(trainer, workdir)
+  log = trainer.run()
+  if config.train.refit == "none":
+    return log
+  # A warm run's refit starts from the same warm-started state as its selection run.
+  return refit_lib.refit(config, workdir, data, log, trainer.distributed,
+                         on_start=warm_start.restore_init if config.train.init_from else None)

@@ -7,11 +7,13 @@ fills the freshly built model and optimizer before the first step:
 
 * tower weights from the parent's best checkpoint; a new id's row is a copy of the parent's
   trained OOV row that the id hashed to there (what the parent model answered for it);
-* optimizer slots and step count, the streaming frequency estimator, the CBNS queue and the
+* optimizer slots, the streaming frequency estimator, the CBNS queue and the
   query memory from the parent's latest checkpoint; new rows keep their fresh slot values
   (Adam's zeros, Adagrad's initial accumulator); a queue of another size keeps its newest
   entries; an estimator with another bucket count is re-hashed;
-* the learning rate and the loop state (epochs, early stopping) start afresh.
+* the learning rate, the step count and the loop state (epochs, early stopping) start
+  afresh; the warm-started state is kept as ``checkpoints/warm_init``, where the refit
+  starts too (``restore_init``).
 
 A changed tower shape, embedding dim or feature set is a ConfigError naming the flag and both
 values. The job (jobs/train.py) calls this only on a fresh workdir: a rerun resumes its own
@@ -46,8 +48,12 @@ _SHAPE_FIELDS = (("model", "embedding_dim"), ("model", "id_embedding_dim"),
                  ("data", "max_tokens"))
 # Read from the parent's best checkpoint (the rest from its latest one).
 _FROM_BEST = ("model/user_tower/", "model/item_tower/")
-# Never carried: this run's own schedule starts from its own --learning_rate.
-_NOT_CARRIED = ("optimizer/_learning_rate",)
+# Never carried: this run's own schedule starts from its own --learning_rate, and its
+# step count from 0 (early stopping, the refit's length and --step_limit count this run's
+# steps; the moments are kept, and Adam's bias correction restarting with them makes the
+# first few hundred steps smaller ones).
+_NOT_CARRIED = ("optimizer/_learning_rate", "optimizer/_iterations")
+INIT = "warm_init"   # under checkpoints/: the warm-started state, for the refit
 
 
 @dataclasses.dataclass
@@ -83,8 +89,11 @@ def load_parent(path: str, config: Config) -> Parent:
       raise ConfigError(f"{flag}: --{name} is {_show(mine)} here but {_show(theirs)} in the "
                         f"parent run; a warm start keeps the parent's shapes: pass "
                         f"--{name}={_show(theirs)}, or train from scratch without --init_from")
-  return Parent(path, parent_config, SavedVocabularies.load(wd.vocab), wd.best,
-                tf.train.latest_checkpoint(wd.checkpoints))
+  # The shipped model (checkpoints/best) is the refit's when the parent refitted: its
+  # optimizer, queue and estimator are then the refit's latest, not the selection run's.
+  latest = (tf.train.latest_checkpoint(os.path.join(wd.refit, "checkpoints"))
+            or tf.train.latest_checkpoint(wd.checkpoints))
+  return Parent(path, parent_config, SavedVocabularies.load(wd.vocab), wd.best, latest)
 
 
 def base_vocabularies(config: Config, workdir: str,
@@ -116,7 +125,8 @@ def parent_record(parent: Parent) -> dict:
           # The index file holds every tensor's checksum: its hash names the weights.
           "fingerprint": "sha256:" + fileio.sha256_file(parent.best + ".index"),
           "data_time_range": metrics.get("data_time_range"),
-          "steps": (metrics.get("final") or {}).get("steps")}
+          "steps": (metrics.get("final") or {}).get("steps"),
+          "refit_steps": ((metrics.get("final") or {}).get("refit") or {}).get("steps")}
 
 
 def variable_paths(**roots) -> dict:
@@ -281,10 +291,29 @@ def apply(model, optimizer, parent: Parent, data: prepare_lib.PreparedData,
       "optimizer_slots": "carried" if same_optimizer else
                          f"fresh (--optimizer changed from {parent.config.train.optimizer})",
       "frequency_rehashed": rehashed,
-      "start_step": int(optimizer.iterations.numpy()),
   }
   logging.info("warm start from %s: %d new users, %d new items, %d variables carried, "
                "fresh: %s", parent.path, summary["new_users"], summary["new_items"],
                len(carried), summary["variables_fresh"] or "none")
   return summary
 
+
+
+def save_init(trainer, workdir: str) -> None:
+  """Keeps the warm-started state (``checkpoints/warm_init``): the refit's starting point,
+  as the seed's initialisation is a cold run's."""
+  tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer).write(
+      os.path.join(Workdir(workdir).checkpoints, INIT))
+
+
+def restore_init(trainer) -> None:
+  """Starts a fresh refit (no checkpoints of its own yet) from ``checkpoints/warm_init``."""
+  path = os.path.join(Workdir(trainer.wd.root).checkpoints, INIT)
+  if trainer.manager.checkpoints:
+    return   # the refit resumes its own checkpoints
+  if not os.path.exists(path + ".index"):
+    raise UserError(f"{path} not found: this warm-started run lost its initial state; "
+                    f"train again into a new --workdir")
+  tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer).read(
+      path).assert_existing_objects_matched()
+  logging.info("refit starts from the warm-started state %s", path)
