@@ -151,7 +151,7 @@ def main(argv):
   for job in ("index", "export"):
     subprocess.run([sys.executable, "-m", f"twotower.cli.{job}", f"--workdir={warm_dir}"],
                    check=True, stdout=subprocess.DEVNULL)
-  exported = set(index_storage.load_item_ids(os.path.join(warm_dir, "export", "index",
+  exported = set(index_storage.load_item_ids(os.path.join(warm_dir, "export",
                                                           index_storage.ITEM_IDS)))
   missing = [i for i in days["new_items"] if i not in exported]
   with open(os.path.join(warm_dir, "export", "manifest.json")) as f:
