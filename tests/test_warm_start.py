@@ -14,6 +14,8 @@ from twotower.data import features as features_lib
 from twotower.data import pipeline, types
 from twotower.data.vocab import Vocabulary
 from twotower.errors import ConfigError
+from twotower.jobs import export as export_job
+from twotower.jobs import index as index_job
 from twotower.jobs import train as train_job
 from twotower.training import loop, warm_start
 from twotower.training import refit as refit_lib
@@ -174,6 +176,11 @@ def test_metrics_record_the_parent_and_a_rerun_resumes_its_own_checkpoints(paren
       features_lib.SavedVocabularies.load(Workdir(workdir).vocab).item_vocab.tokens)
   # Its steps are its own: one epoch of its data.
   assert log["final"]["steps"] == pipeline.steps_per_epoch(run.data, 256, False)
+  # The export says where its model came from.
+  index_job.build_index(workdir)
+  manifest = fileio.read_json(os.path.join(export_job.export(workdir), "manifest.json"))
+  assert manifest["parent"] == log["parent"]
+  assert manifest["data_time_range"] == log["data_time_range"]
 
   # A rerun resumes: no second warm start, the parent not even needed any more.
   moved = str(tmp_path / "parent_moved")
