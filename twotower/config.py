@@ -122,6 +122,7 @@ class TrainConfig:
   eval_users: int = 10_000                    # validation users sampled per evaluation; 0: all
   test_users: int = 0                         # test users sampled for the final test; 0: all
   eval_every_steps: int = 0                   # also validate every N steps; 0: per epoch only
+  init_from: Optional[str] = None             # warm start: a finished run directory
 
 
 @dataclasses.dataclass
@@ -236,6 +237,8 @@ class Config:
         (t.test_users >= 0, f"--test_users must be >= 0 (0: all), got {t.test_users}"),
         (t.eval_every_steps >= 0,
          f"--eval_every_steps must be >= 0 (0: once per epoch), got {t.eval_every_steps}"),
+        (t.init_from is None or bool(t.init_from.strip()),
+         "--init_from must name a run directory (or be left unset)"),
     ])
     metric = t.early_stopping_metric
     names = ({f"{kind}@{k}" for kind in ("recall", "ndcg", "hit_rate") for k in t.eval_ks}

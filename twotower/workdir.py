@@ -17,6 +17,7 @@ import tf_keras
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
 from twotower.data import types
+from twotower.data.features import SavedVocabularies
 from twotower.data.vocab import Vocabulary
 
 
@@ -74,7 +75,9 @@ def load_trained(workdir: str) -> TrainedRun:
   require(workdir, (wd.config, wd.best + ".index"), "finished training run", "twotower-train")
   config = Config.load(wd.config)
   raw = prepare_lib.load_raw(config.data)
-  data = prepare_lib.prepare(raw, config.data)
+  # A warm-started run's ids extend its parent's: rebuild them the same way, from its own.
+  base = SavedVocabularies.load(wd.vocab) if config.train.init_from else None
+  data = prepare_lib.prepare(raw, config.data, base)
   for name, vocab in (("user_id", data.user_vocab), ("item_id", data.item_vocab)):
     saved = Vocabulary.load(wd.path("vocab", f"{name}.txt"))
     if not np.array_equal(saved.tokens, vocab.tokens):

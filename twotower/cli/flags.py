@@ -160,6 +160,11 @@ _HELP = {
                         "end), for epochs of thousands of steps; --patience and "
                         "--lr_plateau_patience then count evaluations, not epochs. 0: "
                         "once per epoch.",
+    "init_from": "Warm start from this finished twotower-train run directory: its "
+                 "vocabularies are extended (old ids keep their rows, new ids get a copy of "
+                 "its OOV row), and training starts from its best weights, optimizer slots, "
+                 "frequency estimator and queue. The features and tower shapes must match. "
+                 "Only on a fresh --workdir (a rerun resumes its own checkpoints).",
 }
 
 _RANKING_HELP = {

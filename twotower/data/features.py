@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 
 from twotower.data import types
 from twotower.data.vocab import PAD, Vocabulary
+from twotower.errors import ConfigError
 
 SEPARATORS = r"[ |]+"
 
@@ -61,20 +63,47 @@ def raw_feature_matrix(column: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 
 def build_specs(table: Optional[types.Table], key: str, *, max_tokens: int,
-                num_oov_buckets: int) -> list[FeatureSpec]:
-  if table is None:
-    return []
-  specs = []
-  for name, column in table.columns.items():
-    if name == key:
-      continue
-    kind = table.kinds.get(name, types.TOKEN)
-    width = max_tokens if kind == types.TOKEN_SEQ else 1
-    spec = FeatureSpec(name, kind, Vocabulary([], num_oov_buckets), width)
-    raw = raw_feature_matrix(column, spec)
-    spec.vocab = Vocabulary.build(raw.reshape(-1), num_oov_buckets)
-    specs.append(spec)
+                num_oov_buckets: int,
+                base: Optional[list[FeatureSpec]] = None) -> list[FeatureSpec]:
+  """One spec per feature column of ``table``; with ``base`` (a parent run's specs, for a
+  warm start) each feature's vocabulary extends the parent's, and a feature set, kind or
+  width that differs from the parent's is a ConfigError naming both."""
+  specs = [] if table is None else [
+      _new_spec(table, name, max_tokens, num_oov_buckets) for name in table.columns
+      if name != key]
+  if base is None:
+    return specs
+  entity = key.split("_")[0]
+  _check_same_features(entity, base, specs)
+  parents = {s.name: s for s in base}
+  for spec in specs:
+    assert table is not None   # specs come from the table's columns
+    raw = raw_feature_matrix(table.columns[spec.name], spec).reshape(-1)
+    spec.vocab = parents[spec.name].vocab.extend(raw)
   return specs
+
+
+def _new_spec(table: types.Table, name: str, max_tokens: int,
+              num_oov_buckets: int) -> FeatureSpec:
+  kind = table.kinds.get(name, types.TOKEN)
+  spec = FeatureSpec(name, kind, Vocabulary([], num_oov_buckets),
+                     max_tokens if kind == types.TOKEN_SEQ else 1)
+  spec.vocab = Vocabulary.build(raw_feature_matrix(table.columns[name], spec).reshape(-1),
+                                num_oov_buckets)
+  return spec
+
+
+def _check_same_features(entity: str, parent: list[FeatureSpec],
+                         child: list[FeatureSpec]) -> None:
+  """A warm start keeps the parent's feature embeddings: same features, kinds, widths."""
+  def describe(specs):
+    return [f"{s.name} ({s.kind}, {s.max_tokens} tokens)" for s in specs]
+  same = [(s.name, s.kind, s.max_tokens) for s in parent] == [
+      (s.name, s.kind, s.max_tokens) for s in child]
+  if not same:
+    raise ConfigError(f"--init_from: the {entity} features changed: the parent run has "
+                      f"{describe(parent) or 'none'}, this data has {describe(child) or 'none'}; "
+                      f"warm start needs the same {entity} feature columns (and --max_tokens)")
 
 
 def encode_table(table: Optional[types.Table], key: str, key_vocab: Vocabulary,
@@ -100,3 +129,26 @@ def save_specs(path: str, user_specs: list[FeatureSpec], item_specs: list[Featur
   with open(path, "w") as f:
     json.dump({"user": [s.describe() for s in user_specs],
                "item": [s.describe() for s in item_specs]}, f, indent=2)
+
+
+@dataclasses.dataclass
+class SavedVocabularies:
+  """A run's vocabularies as ``PreparedData.save_vocab`` left them (``<workdir>/vocab``):
+  what a warm-started run extends."""
+  user_vocab: Vocabulary
+  item_vocab: Vocabulary
+  user_specs: list[FeatureSpec]
+  item_specs: list[FeatureSpec]
+
+  @classmethod
+  def load(cls, directory: str) -> "SavedVocabularies":
+    with open(os.path.join(directory, "features.json")) as f:
+      described = json.load(f)
+    specs = {kind: [FeatureSpec(d["name"], d["kind"],
+                                Vocabulary.load(os.path.join(directory, f"{kind}.{d['name']}.txt")),
+                                d["max_tokens"])
+                    for d in described[kind]]
+             for kind in ("user", "item")}
+    return cls(Vocabulary.load(os.path.join(directory, "user_id.txt")),
+               Vocabulary.load(os.path.join(directory, "item_id.txt")),
+               specs["user"], specs["item"])

@@ -102,8 +102,13 @@ def _without_features(ids: np.ndarray, vocab: Vocabulary, table: Optional[types.
   return int(np.setdiff1d(ids, vocab.lookup(table.columns[key])).size)
 
 
-def prepare(raw: types.RawDataset, config: DataConfig) -> PreparedData:
+def prepare(raw: types.RawDataset, config: DataConfig,
+            base: Optional[features_lib.SavedVocabularies] = None) -> PreparedData:
   """Vocabularies, features, events and splits of a raw dataset.
+
+  ``base``: a parent run's vocabularies (warm start): every vocabulary extends its parent's
+  (``Vocabulary.extend``: old ids keep their rows, new ones are appended), and the feature
+  columns must be the parent's.
 
   Interaction ids absent from a feature table are kept with default features and counted
   in ``stats`` (``users_without_features``, ``items_without_features``), as are the rows the
@@ -115,18 +120,21 @@ def prepare(raw: types.RawDataset, config: DataConfig) -> PreparedData:
     raise types.DataError("no interactions", path=inter.path)
   key_values = lambda table, key: (table.columns[key] if table is not None
                                    else np.zeros(0, object))
-  user_vocab = Vocabulary.build(
-      np.concatenate([inter.user_id, key_values(raw.user_features, "user_id")]),
-      config.num_oov_buckets)
-  item_vocab = Vocabulary.build(
-      np.concatenate([inter.item_id, key_values(raw.item_features, "item_id")]),
-      config.num_oov_buckets)
+  user_ids = np.concatenate([inter.user_id, key_values(raw.user_features, "user_id")])
+  item_ids = np.concatenate([inter.item_id, key_values(raw.item_features, "item_id")])
+  if base is None:
+    user_vocab = Vocabulary.build(user_ids, config.num_oov_buckets)
+    item_vocab = Vocabulary.build(item_ids, config.num_oov_buckets)
+  else:
+    user_vocab, item_vocab = base.user_vocab.extend(user_ids), base.item_vocab.extend(item_ids)
   user_specs = features_lib.build_specs(raw.user_features, "user_id",
                                         max_tokens=config.max_tokens,
-                                        num_oov_buckets=config.num_oov_buckets)
+                                        num_oov_buckets=config.num_oov_buckets,
+                                        base=base.user_specs if base else None)
   item_specs = features_lib.build_specs(raw.item_features, "item_id",
                                         max_tokens=config.max_tokens,
-                                        num_oov_buckets=config.num_oov_buckets)
+                                        num_oov_buckets=config.num_oov_buckets,
+                                        base=base.item_specs if base else None)
   user_features = features_lib.encode_table(raw.user_features, "user_id", user_vocab, user_specs)
   item_features = features_lib.encode_table(raw.item_features, "item_id", item_vocab, item_specs)
 

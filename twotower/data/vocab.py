@@ -48,6 +48,17 @@ class Vocabulary:
     frame = frame.sort_values(["count", "token"], ascending=[False, True], kind="stable")
     return cls(frame["token"].to_numpy(dtype=object), num_oov_buckets)
 
+  def extend(self, values: np.ndarray, min_count: int = 1) -> "Vocabulary":
+    """This vocabulary with the tokens of ``values`` it lacks appended, for a warm start.
+
+    Known tokens keep their ids (a trained embedding row stays its token's row) and tokens
+    absent from ``values`` are kept, so ids are never reordered; new tokens follow in
+    ``build``'s order (most frequent first, ties by token).
+    """
+    new = Vocabulary.build(values, self.num_oov_buckets, min_count)
+    added = new.tokens[self._index.get_indexer(new.tokens) < 0]
+    return Vocabulary(np.concatenate([self.tokens, added]), self.num_oov_buckets)
+
   def lookup(self, values: np.ndarray) -> np.ndarray:
     """Ids of ``values`` (any shape); '' -> PAD, unknown -> a hashed OOV bucket."""
     values = np.asarray(values, dtype=object)

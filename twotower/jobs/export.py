@@ -55,6 +55,12 @@ def _shared_name(index_meta: dict) -> str:
   return f"twotower_scann_{digest.hexdigest()[:32]}"
 
 
+def _lineage(wd: Workdir) -> dict:
+  """The run's data time range and, for a warm start, its parent run (from metrics.json)."""
+  metrics = fileio.read_json(wd.metrics) if os.path.exists(wd.metrics) else {}
+  return {"data_time_range": metrics.get("data_time_range"), "parent": metrics.get("parent")}
+
+
 def export(workdir: str, export_dir: Optional[str] = None, *,
            include_ranking: Optional[bool] = None,
            extra_writers: Sequence[Callable[[TrainedRun, str], object]] = ()) -> str:
@@ -115,6 +121,7 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
         "versions": _versions(),
         "config": json.loads(run.config.to_json()),
         "workdir": os.path.abspath(workdir),
+        **_lineage(wd),
         "index": {k: index_meta[k] for k in ("kind", "metric", "num_items", "dim",
                                              "fingerprint", "params", "searcher_dir")},
         "history_length": history_length,

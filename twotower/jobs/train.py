@@ -11,7 +11,7 @@ from typing import Optional
 
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
-from twotower.training import loop, runner
+from twotower.training import loop, runner, warm_start
 from twotower.training import refit as refit_lib
 from twotower.workdir import Workdir
 
@@ -22,14 +22,26 @@ def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData]
   ``data``: already prepared from ``config.data``, to skip loading it again.
   """
   config.validate()
+  # Warm start (--init_from) only on a fresh workdir; a rerun resumes its own checkpoints.
+  parent = (warm_start.load_parent(config.train.init_from, config)
+            if config.train.init_from and not warm_start.resuming(workdir) else None)
   if data is None:   # first, so that bad input leaves no half-made run directory behind
-    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data,
+                               warm_start.base_vocabularies(config, workdir, parent))
   wd = Workdir(workdir)
   os.makedirs(wd.root, exist_ok=True)
   runner.save_config(wd.config, config)
   data.save_vocab(wd.vocab)
   trainer = loop.Trainer(config, workdir, data)
+  trainer.log["data_time_range"] = warm_start.time_range(data)
+  if parent is not None:
+    trainer.log["parent"] = warm_start.parent_record(parent)
+    trainer.log["warm_start"] = warm_start.apply(trainer.model, trainer.optimizer, parent,
+                                                 data, config)
+    warm_start.save_init(trainer, workdir)
   log = trainer.run()
   if config.train.refit == "none":
     return log
-  return refit_lib.refit(config, workdir, data, log, trainer.distributed)
+  # A warm run's refit starts from the same warm-started state as its selection run.
+  return refit_lib.refit(config, workdir, data, log, trainer.distributed,
+                         on_start=warm_start.restore_init if config.train.init_from else None)

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -129,11 +129,18 @@ class RefitTrainer(loop.Trainer):
 
 
 def refit(config: Config, workdir: str, data: prepare_lib.PreparedData,
-          selection_log: dict, distributed: bool) -> dict:
+          selection_log: dict, distributed: bool,
+          on_start: Optional[Callable[[RefitTrainer], None]] = None) -> dict:
   """Runs (or resumes) the refit after a finished selection run; returns the selection
-  log with its final figures marked as the selection model's and the refit's summary."""
+  log with its final figures marked as the selection model's and the refit's summary.
+
+  ``on_start(trainer)``: runs once the refit's model exists, before it trains (the warm
+  start restores its initialisation there).
+  """
   selection_steps = pipeline.steps_per_epoch(data, config.train.batch_size, distributed)
   trainer = RefitTrainer(config, workdir, data, Schedule.of(selection_log, selection_steps))
+  if on_start is not None:
+    on_start(trainer)
   final = trainer.run()["final"]
   summary = {"data": trainer.log["trained_on"], "epochs": trainer.log["target_epochs"],
              "steps": final["steps"], "seconds": final["seconds"],
