@@ -46,6 +46,7 @@ class PreparedData:
   item_features: features_lib.FeatureTable
   events: Events
   stats: dict
+  item_table: Optional[types.Table] = None   # the raw item side table (the export shows it)
 
   @property
   def num_items(self) -> int:
@@ -166,7 +167,7 @@ def prepare(raw: types.RawDataset, config: DataConfig) -> PreparedData:
         path=inter.path)
   logging.info("prepared %s: %s", raw.name, stats)
   return PreparedData(raw.name, user_vocab, item_vocab, user_features, item_features,
-                      events, stats)
+                      events, stats, item_table=raw.item_features)
 
 
 @dataclasses.dataclass

@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 from twotower.data import splits
 from twotower.model.encoding import Encoder
 from twotower.training import loop, runner
-from twotower.workdir import Workdir, load_trained
+from twotower.workdir import TrainedRun, Workdir, load_trained
 
 
-def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None) -> dict:
+def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None,
+                     run: Optional[TrainedRun] = None) -> dict:
   """Exact full-corpus metrics (twotower.evaluate) of the best model on validation and test,
   and of the most-popular baseline on test.
 
   Also stored under ``evaluation`` in the run's metrics.json, next to what training wrote.
+  ``run``: this workdir's already loaded ``TrainedRun``.
   """
-  run = load_trained(workdir)
+  run = run or load_trained(workdir)
   config = run.config
   if ks:
     config = dataclasses.replace(

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from absl import logging
@@ -12,15 +12,17 @@ from twotower import index as index_lib
 from twotower.data.histories import latest_histories
 from twotower.model.encoding import Encoder
 from twotower.training import runner
-from twotower.workdir import Workdir, load_trained
+from twotower.workdir import TrainedRun, Workdir, load_trained
 
 
 def build_index(workdir: str, *, recall_target: float = 0.95,
                 brute_force_below: int = 20000, force_brute_force: bool = False,
-                num_tuning_queries: int = 1000, seed: int = 0) -> dict:
+                num_tuning_queries: int = 1000, seed: int = 0,
+                run: Optional[TrainedRun] = None) -> dict:
   """Encodes the corpus with the trained item tower, builds and tunes the searcher on real
-  user queries, reports it on held-out ones, and writes ``<workdir>/index/`` atomically."""
-  run = load_trained(workdir)
+  user queries, reports it on held-out ones, and writes ``<workdir>/index/`` atomically.
+  ``run``: this workdir's already loaded ``TrainedRun`` (the pipeline's)."""
+  run = run or load_trained(workdir)
   wd = Workdir(workdir)
   encoder = Encoder(run.model, run.data)
   embeddings = encoder.items()

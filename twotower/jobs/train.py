@@ -10,6 +10,7 @@ from typing import Optional
 
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
+from twotower.data import prepared_store
 from twotower.training import loop, runner
 from twotower.workdir import Workdir
 
@@ -26,4 +27,5 @@ def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData]
   os.makedirs(wd.root, exist_ok=True)
   runner.save_config(wd.config, config)
   data.save_vocab(wd.vocab)
+  prepared_store.save(wd.prepared, data, config.data)   # later jobs load these arrays
   return loop.Trainer(config, workdir, data).run()
