@@ -25,7 +25,7 @@ def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None,
     config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, eval_ks=tuple(int(k) for k in ks)))
   encoder = Encoder(run.model, run.data)
-  result = {
+  result: dict[str, object] = {
       "valid": loop.split_metrics(run.model, run.data, splits.VALID, config, encoder),
       "test": loop.split_metrics(run.model, run.data, splits.TEST, config, encoder),
       "most_popular_test": loop.most_popular_metrics(run.data, splits.TEST, config),
