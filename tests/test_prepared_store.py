@@ -114,7 +114,7 @@ def tiny_run(tmp_path_factory):
   from twotower.jobs import train as train_job
   workdir = str(tmp_path_factory.mktemp("prepared_run"))
   config = tiny_config()
-  config.data.history_length = 5
+  config.train.refit = "none"   # what is stored is prepared before training, refit or not
   train_job.train(config, workdir)
   return workdir, config
 
