@@ -121,16 +121,21 @@ def test_rank_keeps_the_unprefixed_names_as_aliases():
 # prints the options that stage receives.
 _PIPELINE_UP_TO_RANKING = """
 import json, sys
+from twotower import pipeline as pipeline_job
 from twotower.cli import pipeline
-from twotower.jobs import train as train_job, train_ranking as ranking_job
+from twotower.data import prepare as prepare_lib
+from twotower.jobs import index as index_job, train as train_job, train_ranking as ranking_job
 
 class Reached(Exception):
   pass
 
-def rank(workdir, **options):
+def rank(workdir, run=None, **options):
   raise Reached(options)
 
-train_job.train = lambda config, workdir: {"final": {"seed": config.train.seed}}
+prepare_lib.load_raw = prepare_lib.prepare = lambda *args: None
+train_job.train = lambda config, workdir, data=None: {"final": {"seed": config.train.seed}}
+pipeline_job.load_trained = lambda workdir, data=None: None
+index_job.build_index = lambda workdir, **options: {}
 ranking_job.train_ranking = rank
 pipeline.FLAGS(["twotower-pipeline", *sys.argv[1:]])
 try:

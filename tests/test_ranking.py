@@ -5,6 +5,7 @@ beat the retrieval order on held-out NDCG@10, the examples and impressions must 
 definitions, a rerun must resume, and the raw-string SavedModel must load in a process that
 imports nothing but TensorFlow and score exactly as the trained model does.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -268,3 +269,68 @@ def test_cli_runs_and_prints_the_final_metrics(ranked_workdir, tmp_path):
   assert "two_stage_ndcg@10" in final["test"]
   with open(os.path.join(copy, "ranking", "config.json")) as f:
     assert json.load(f)["loss"] == "softmax"
+
+
+def test_sampled_anchors_are_seeded_and_bounded(trained):
+  run, config, _ = trained
+  data = run.data
+  encoder = Encoder(run.model, data)
+  corpus = encoder.items()
+  length = run.config.data.history_length
+  mine = lambda **kw: ranking_mining.mine_training_examples(
+      data, encoder, corpus, dataclasses.replace(config, reachable_only=False, **kw), length)
+  everything = mine(max_examples=0)
+  assert len(everything.events) == (data.events.split == splits.TRAIN).sum()
+  first, again, other = mine(max_examples=700), mine(max_examples=700), \
+      mine(max_examples=700, seed=config.seed + 1)
+  assert len(first.events) == 700
+  np.testing.assert_array_equal(first.events, again.events)
+  np.testing.assert_array_equal(first.candidates, again.candidates)
+  assert not np.array_equal(first.events, other.events)
+  assert np.isin(first.events, everything.events).all()
+  # A sampled anchor's candidates are the ones mining all anchors gives it.
+  rows = np.searchsorted(everything.events, first.events)
+  np.testing.assert_array_equal(everything.candidates[rows], first.candidates)
+
+
+def test_held_out_users_are_a_seeded_sample(trained):
+  run, config, _ = trained
+  data = run.data
+  encoder = Encoder(run.model, data)
+  corpus, length = encoder.items(), run.config.data.history_length
+  held = lambda users, seed=0: ranking_eval.held_out_set(
+      data, encoder, corpus, splits.TEST, dataclasses.replace(config, eval_users=users),
+      length, seed=seed)
+  every = held(0)
+  assert len(every.queries.user) == len(np.unique(data.events.user[
+      data.events.split == splits.TEST]))
+  some = held(100)
+  assert len(some.queries.user) == 100
+  np.testing.assert_array_equal(some.queries.user, held(100).queries.user)
+  assert not np.array_equal(some.queries.user, held(100, seed=1).queries.user)
+  rows = np.searchsorted(every.queries.user, some.queries.user)
+  np.testing.assert_array_equal(every.candidates[rows], some.candidates)
+
+
+def test_ann_mined_candidates_agree_with_exact_ones(ranked_workdir, trained):
+  from twotower.jobs.train_ranking import ann_search
+  run, config, _ = trained
+  data = run.data
+  encoder = Encoder(run.model, data)
+  corpus, length = encoder.items(), run.config.data.history_length
+  config = dataclasses.replace(config, max_examples=2000, reachable_only=False)
+  exact = ranking_mining.mine_training_examples(data, encoder, corpus, config, length)
+  ann = ranking_mining.mine_training_examples(
+      data, encoder, corpus, config, length,
+      search=ann_search(ranked_workdir[0], run, corpus, num_tuning_queries=200))
+  np.testing.assert_array_equal(exact.events, ann.events)
+  train = data.events.split == splits.TRAIN
+  known = set(zip(data.events.user[train].tolist(),
+                  (data.events.item[train] - data.item_vocab.offset).tolist()))
+  users = data.events.user[ann.events].tolist()
+  assert not any((u, c) in known for u, row in zip(users, ann.candidates.tolist()) for c in row)
+  assert (ann.candidates >= 0).all()
+  recall = np.mean([len(np.intersect1d(a, e)) / len(e)
+                    for a, e in zip(ann.candidates, exact.candidates)])
+  print("ANN recall of the exact top-N", round(float(recall), 4))
+  assert recall >= 0.9, recall

@@ -287,6 +287,10 @@ class RankingConfig:
   id_dropout: float = -1.0             # -1: the retrieval run's id_dropout
   seed: int = 0
   progress: bool = True
+  # Scale: mining and evaluation cost queries x corpus; these bound the queries.
+  max_examples: int = 100_000          # anchors mined, a seeded sample; 0: all
+  eval_users: int = 10_000             # held-out users per split, a seeded sample; 0: all
+  ann_min_items: int = 200_000         # mine through a ScaNN searcher from this corpus size; 0: never
 
   def to_json(self) -> str:
     return _to_json(self)
@@ -332,6 +336,9 @@ class RankingConfig:
         *_schedule_checks(self),
         (self.id_dropout < 1, f"--id_dropout must be below 1, got {self.id_dropout}"),
         (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+        (self.max_examples >= 0, f"--max_examples must be >= 0, got {self.max_examples}"),
+        (self.eval_users >= 0, f"--eval_users must be >= 0, got {self.eval_users}"),
+        (self.ann_min_items >= 0, f"--ann_min_items must be >= 0, got {self.ann_min_items}"),
     ])
 
 

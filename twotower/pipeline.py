@@ -7,7 +7,7 @@ from typing import Optional
 from absl import logging
 
 from twotower.config import Config
-from twotower.workdir import Workdir
+from twotower.workdir import Workdir, load_trained
 
 
 def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = None,
@@ -18,19 +18,28 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
   overwrites atomically, so a rerun after an interruption picks up where it stopped.
 
   ``ranking_options`` are RankingConfig fields for the ranking stage; its seed and progress
-  bar default to the retrieval config's."""
+  bar default to the retrieval config's.
+
+  The data is read and prepared once, and the trained run loaded once, for every stage.
+  The index is built before the head, whose mining reuses it past ``ann_min_items``.
+  """
+  from twotower.data import prepare as prepare_lib
   from twotower.jobs import train as train_job
-  metrics = train_job.train(config, workdir)
+  config.validate()   # before reading the data, as twotower-train does
+  data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  metrics = train_job.train(config, workdir, data)
   summary = {"workdir": workdir, "retrieval": metrics["final"]}
+  from twotower import serving
+  from twotower.jobs import export, index
+  run = load_trained(workdir, data)
+  index_report = index.build_index(workdir, run=run)
   if rank:
     from twotower.jobs.train_ranking import train_ranking
     options = {"progress": config.train.progress, "seed": config.train.seed,
                **(ranking_options or {})}
-    summary["ranking"] = train_ranking(workdir, **options)["final"]
-  from twotower import serving
-  from twotower.jobs import export, index
-  summary["index"] = index.build_index(workdir)
-  export_dir = export.export(workdir, export_dir, include_ranking=rank)
+    summary["ranking"] = train_ranking(workdir, run=run, **options)["final"]
+  summary["index"] = index_report
+  export_dir = export.export(workdir, export_dir, include_ranking=rank, run=run)
   summary["export_dir"] = export_dir
   recommender = serving.Recommender.load(export_dir)
   user_id = sample_user_id or _sample_user(workdir)

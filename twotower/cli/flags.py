@@ -220,6 +220,14 @@ _RANKING_HELP = {
             "(twotower-pipeline: default --seed).",
     "progress": "Show a progress bar per epoch on stderr (twotower-pipeline: default "
                 "--progress).",
+    "max_examples": "Most example interactions (anchors) mined for the head's training, a "
+                    "sample fixed by --ranking_seed; 0: all. Mining scores each against "
+                    "the corpus.",
+    "eval_users": "Most validation / test users in the head's evaluation, a sample fixed "
+                  "by --ranking_seed; 0: all.",
+    "ann_min_items": "Mine the retrieval top-N through a ScaNN searcher (the workdir's "
+                     "index when it matches, else one built for it) once the corpus has "
+                     "this many items; below, exactly. 0: always exact.",
 }
 
 

@@ -46,6 +46,7 @@ class PreparedData:
   item_features: features_lib.FeatureTable
   events: Events
   stats: dict
+  item_table: Optional[types.Table] = None   # the raw item side table (the export shows it)
 
   @property
   def num_items(self) -> int:
@@ -174,7 +175,7 @@ def prepare(raw: types.RawDataset, config: DataConfig,
         path=inter.path)
   logging.info("prepared %s: %s", raw.name, stats)
   return PreparedData(raw.name, user_vocab, item_vocab, user_features, item_features,
-                      events, stats)
+                      events, stats, item_table=raw.item_features)
 
 
 # Seed of the evaluation samples (--eval_users, --test_users): fixed rather than --seed, so

@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 from twotower.data import splits
 from twotower.model.encoding import Encoder
 from twotower.training import loop, refit, runner
-from twotower.workdir import Workdir, load_trained, restore_retrieval_model
+from twotower.workdir import TrainedRun, Workdir, load_trained, restore_retrieval_model
 
 
-def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None) -> dict:
+def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None,
+                     run: Optional[TrainedRun] = None) -> dict:
   """Exact full-corpus metrics (twotower.evaluate) of the best model on validation and test,
   and of the most-popular baseline on test. After a refit that is the selection model, whose
   validation and test events are held out (the refit trained on them); ``"model"`` says so.
 
   Also stored under ``evaluation`` in the run's metrics.json, next to what training wrote.
+  ``run``: this workdir's already loaded ``TrainedRun``.
   """
-  run = load_trained(workdir)
+  run = run or load_trained(workdir)
   config, model, wd = run.config, run.model, Workdir(workdir)
   if ks:
     config = dataclasses.replace(

@@ -63,14 +63,15 @@ def _lineage(wd: Workdir) -> dict:
 
 def export(workdir: str, export_dir: Optional[str] = None, *,
            include_ranking: Optional[bool] = None,
-           extra_writers: Sequence[Callable[[TrainedRun, str], object]] = ()) -> str:
+           extra_writers: Sequence[Callable[[TrainedRun, str], object]] = (),
+           run: Optional[TrainedRun] = None) -> str:
   """Writes the serving export of a trained and indexed workdir; returns its path.
 
   ``include_ranking``: add the ranking head's SavedModel (``ranking_model/``, which
   ``Recommender.load`` then uses to re-rank); None: whenever the workdir has a trained head.
   ``extra_writers`` are called as ``writer(run, dir)`` inside the temporary export directory
   before the manifest, so their files are swapped in atomically and fingerprinted with the
-  rest.
+  rest. ``run``: this workdir's already loaded ``TrainedRun`` (the pipeline's).
   """
   wd = Workdir(workdir)
   has_head = ranking_lib.has_ranking_head(workdir)
@@ -83,7 +84,7 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
     raise FileNotFoundError(
         f"{wd.index} holds no candidate index: run twotower-index --workdir={workdir} "
         f"before twotower-export")
-  run = load_trained(workdir)
+  run = run or load_trained(workdir)
   index = index_lib.load_index(wd.index)
   encoder = Encoder(run.model, run.data)
   try:   # by item id: an updated index (--update_from) holds its rows in its own order

@@ -16,7 +16,7 @@ from twotower.errors import UserError
 from twotower.index import update as update_lib
 from twotower.model.encoding import Encoder
 from twotower.training import runner
-from twotower.workdir import Workdir, load_trained
+from twotower.workdir import TrainedRun, Workdir, load_trained
 
 # Measured with experiments/bench_index_update.py (1M x 64): vectors kept stale cost recall
 # (1% changed: a drift of 1e-6 in cosine distance kept stale -0.002 recall@10, 1e-5 -0.008,
@@ -32,22 +32,23 @@ def build_index(workdir: str, *, recall_target: float = 0.95,
                 num_tuning_queries: int = 1000, seed: int = 0,
                 update_from: Optional[str] = None,
                 update_tolerance: float = DEFAULT_UPDATE_TOLERANCE,
-                update_max_changed_fraction: float = DEFAULT_UPDATE_MAX_CHANGED_FRACTION
-                ) -> dict:
+                update_max_changed_fraction: float = DEFAULT_UPDATE_MAX_CHANGED_FRACTION,
+                run: Optional[TrainedRun] = None) -> dict:
   """Encodes the corpus with the trained item tower, builds and tunes the searcher on real
   user queries, reports it on held-out ones, and writes ``<workdir>/index/`` atomically.
 
   ``update_from``: a run directory whose index is updated to this run's corpus instead
   (items added, deleted, moved by more than ``update_tolerance`` in cosine distance), its
   tuned knobs kept; when more than ``update_max_changed_fraction`` of its rows would change,
-  or a rebuild would pick another kind of index, it is rebuilt as without it.
+  or a rebuild would pick another kind of index, it is rebuilt as without it. ``run``: this
+  workdir's already loaded ``TrainedRun`` (the pipeline's).
   """
   if not 0 <= update_tolerance < 2:
     raise UserError(f"--update_tolerance must be in [0, 2), got {update_tolerance}")
   if not 0 <= update_max_changed_fraction:
     raise UserError(f"--update_max_changed_fraction must be >= 0, got "
                     f"{update_max_changed_fraction}")
-  run = load_trained(workdir)
+  run = run or load_trained(workdir)
   wd = Workdir(workdir)
   encoder = Encoder(run.model, run.data)
   embeddings = encoder.items()

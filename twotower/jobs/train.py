@@ -11,6 +11,7 @@ from typing import Optional
 
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
+from twotower.data import prepared_store
 from twotower.training import loop, runner, warm_start
 from twotower.training import refit as refit_lib
 from twotower.workdir import Workdir
@@ -32,6 +33,7 @@ def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData]
   os.makedirs(wd.root, exist_ok=True)
   runner.save_config(wd.config, config)
   data.save_vocab(wd.vocab)
+  prepared_store.save(wd.prepared, data, config.data)   # later jobs load these arrays
   trainer = loop.Trainer(config, workdir, data)
   trainer.log["data_time_range"] = warm_start.time_range(data)
   if parent is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +25,12 @@ from twotower.training import runner
 from twotower.training.optimizers import make_optimizer
 from twotower.training.ranking_eval import Scorer, held_out_metrics, held_out_set
 from twotower.training.ranking_examples import ranking_dataset
-from twotower.training.ranking_mining import holdout_users, mine_training_examples, sample_negatives
+from twotower.training.ranking_mining import (
+  Search,
+  holdout_users,
+  mine_training_examples,
+  sample_negatives,
+)
 from twotower.training.ranking_run import ranking_paths
 from twotower.workdir import TrainedRun, Workdir
 
@@ -34,7 +39,9 @@ class RankingTrainer(runner.Runner):
   """The ranking head's data, step and evaluation; the loop is runner.Runner's."""
   shown_metrics = ("auc", "gauc", "ndcg@10", "two_stage_ndcg@10", "retrieval_ndcg@10")
 
-  def __init__(self, run: TrainedRun, workdir: str, config: RankingConfig):
+  def __init__(self, run: TrainedRun, workdir: str, config: RankingConfig,
+               make_search: Optional[Callable[[np.ndarray], Search]] = None):
+    """``make_search(corpus)``: how mining finds each anchor's top-N (default: exact)."""
     self.data, self.config = run.data, config
     self.history_length = run.config.data.history_length
     self.id_dropout = (config.id_dropout if config.id_dropout >= 0
@@ -42,8 +49,9 @@ class RankingTrainer(runner.Runner):
     encoder = Encoder(run.model, run.data)
     corpus = encoder.items()
     started = time.time()
-    self.examples = mine_training_examples(run.data, encoder, corpus, config,
-                                           self.history_length)
+    self.examples = mine_training_examples(
+        run.data, encoder, corpus, config, self.history_length,
+        search=make_search(corpus) if make_search is not None else None)
     holdout = holdout_users(run.data, config) if config.examples == "valid" else None
     self.valid = held_out_set(run.data, encoder, corpus, splits.VALID, config,
                               self.history_length, config.seed, users=holdout)

@@ -6,6 +6,8 @@ NDCG@5/10 per user, next to the towers' dot product on the same impressions (``d
 to end, each user's exact retrieval top-N (earlier items excluded) is re-ranked by the head
 and scored with NDCG@10 / Recall@10 against every held-out item (``two_stage_*``), next to
 the retrieval order (``retrieval_*``, which equals full-corpus retrieval at these cutoffs).
+Each split keeps at most ``eval_users`` of its users (a seeded sample, the same every
+epoch), so evaluation costs that many exact queries however many users the log has.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from twotower.data.pipeline import FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import RankingModel
-from twotower.training.ranking_mining import contains, pair_keys, positive_labels
+from twotower.training.ranking_mining import contains, pair_keys, positive_labels, sample_rows
 
 END_TO_END_KS = (10,)
 IMPRESSION_KS = (5, 10)
@@ -59,6 +61,9 @@ def held_out_set(data: prepare_lib.PreparedData, encoder: Encoder, corpus: np.nd
   queries = prepare_lib.eval_queries(data, split_code, history_length)
   if users is not None:   # only these users' queries
     queries = _subset_queries(queries, np.flatnonzero(np.isin(queries.user, users)))
+  if 0 < config.eval_users < len(queries.user):
+    queries = _subset_queries(queries, sample_rows(
+        len(queries.user), config.eval_users, np.random.default_rng([seed, 2_000 + split_code])))
   num_users = len(queries.user)
   if num_users == 0:
     empty = np.zeros(0, np.int64)

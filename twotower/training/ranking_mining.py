@@ -10,11 +10,16 @@ low-scored positives with top-scored negatives, which teaches the head to distru
 retrieval score (measured on MovieLens-100K: the re-ranked NDCG@10 fell below the retrieval
 order's). ``examples=valid`` trains on validation interactions instead, which the retrieval
 model never fitted, holding out a share of the validation users for early stopping.
+
+Mining costs anchors x corpus, so it is bounded on both sides: at most ``max_examples``
+anchors, a seeded sample (ML-100K keeps all of its ~80k), and past ``ann_min_items`` the
+top-N comes from an approximate searcher (``search``, given by jobs/train_ranking.py, which
+owns the index) instead of exact products with every item.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -50,6 +55,25 @@ def positive_labels(data: prepare_lib.PreparedData, events: np.ndarray,
   return (data.events.label[events] >= rating_threshold).astype(np.float32)
 
 
+# (queries [Q, D], k, exclude: one row of corpus indices per query) -> top-k rows [Q, k],
+# best first, -1 padded: the exact top-k by default, a ScaNN searcher past ann_min_items.
+Search = Callable[[np.ndarray, int, ItemSets], np.ndarray]
+
+
+def exact_search(corpus: np.ndarray) -> Search:
+  """The exact top-k over ``corpus`` (twotower.topk), laid out once for every chunk."""
+  layout = topk.Corpus(corpus)
+  return lambda queries, k, exclude: topk.top_k_items(queries, layout, k, exclude)[0]
+
+
+def sample_rows(count: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+  """Sorted positions of at most ``limit`` of ``count`` rows, drawn by ``rng`` without
+  replacement; all of them when ``limit`` is 0 or at least ``count``."""
+  if limit <= 0 or count <= limit:
+    return np.arange(count)
+  return np.sort(rng.choice(count, limit, replace=False))
+
+
 @dataclasses.dataclass
 class TrainingExamples:
   """Anchor events (the positives) and the retrieval candidates of each anchor's query."""
@@ -73,13 +97,16 @@ def holdout_users(data: prepare_lib.PreparedData, config: RankingConfig) -> np.n
 
 def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
                            corpus: np.ndarray, config: RankingConfig, history_length: int,
-                           chunk: int = 8192) -> TrainingExamples:
+                           chunk: int = 8192,
+                           search: Optional[Search] = None) -> TrainingExamples:
   """Retrieval top-N of every example interaction's query, the user's known items out.
 
   examples=train: every training interaction; known items are the user's training items.
   examples=valid: the validation interactions of users outside ``holdout_users``, which the
   retrieval model never trained on, so its scores there look as they will on new data;
-  known items are the user's training and validation items.
+  known items are the user's training and validation items. At most
+  ``config.max_examples`` of them, drawn with ``config.seed``; ``search`` finds the top-N
+  (default: exact over ``corpus``).
   """
   ev = data.events
   offset, num_items = data.item_vocab.offset, data.num_items
@@ -97,6 +124,10 @@ def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
   if len(anchors) == 0:
     raise ConfigError(f"no positive {config.examples} interactions to train the ranking "
                       f"head on (--ranking_examples, --ranking_rating_threshold)")
+  keep = sample_rows(len(anchors), config.max_examples,
+                     np.random.default_rng([config.seed, 17]))
+  anchors, labels = anchors[keep], labels[keep]
+  search = search or exact_search(corpus)
   user_seen = ItemSets.from_pairs(ev.user[seen], ev.item[seen] - offset, len(data.user_vocab))
   known = np.unique(pair_keys(ev.user[seen], ev.item[seen] - offset, num_items))
   candidates = np.empty((len(anchors), config.num_candidates), np.int64)
@@ -106,8 +137,7 @@ def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
     history = prepare_lib.gather_history(ev.item, ev.user_start[idx], ev.history_end[idx],
                                          history_length)
     queries = encoder.users(ev.user[idx], history)
-    top = topk.top_k_items(queries, corpus, config.num_candidates,
-                           user_seen.subset(ev.user[idx]))[0]
+    top = search(queries, config.num_candidates, user_seen.subset(ev.user[idx]))
     candidates[lo:lo + len(idx)] = top
     # The positive (excluded as a known item) would make the top-N iff it outscores the
     # N-th candidate; a short list means the corpus ran out, so everything makes it.
