@@ -23,10 +23,9 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
   The data is read and prepared once, and the trained run loaded once, for every stage.
   The index is built before the head, whose mining reuses it past ``ann_min_items``.
   """
-  from twotower.data import prepare as prepare_lib
   from twotower.jobs import train as train_job
   config.validate()   # before reading the data, as twotower-train does
-  data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data)
+  data = train_job.prepare_data(config, workdir)
   metrics = train_job.train(config, workdir, data)
   summary = {"workdir": workdir, "retrieval": metrics["final"]}
   from twotower import serving

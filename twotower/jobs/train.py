@@ -17,18 +17,31 @@ from twotower.training import refit as refit_lib
 from twotower.workdir import Workdir
 
 
+def _parent(config: Config, workdir: str) -> Optional[warm_start.Parent]:
+  """The --init_from run, on a fresh workdir only: a rerun resumes its own checkpoints."""
+  if config.train.init_from and not warm_start.resuming(workdir):
+    return warm_start.load_parent(config.train.init_from, config)
+  return None
+
+
+def prepare_data(config: Config, workdir: str,
+                 parent: Optional[warm_start.Parent] = None) -> prepare_lib.PreparedData:
+  """The run's data as twotower-train prepares it: with --init_from, its ids extend the
+  parent's (on a rerun, the run's own saved ones)."""
+  parent = parent or _parent(config, workdir)
+  return prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data,
+                             warm_start.base_vocabularies(config, workdir, parent))
+
+
 def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData] = None) -> dict:
   """Trains (or resumes) the retrieval model in ``workdir``; returns the metrics log.
 
-  ``data``: already prepared from ``config.data``, to skip loading it again.
+  ``data``: already prepared by ``prepare_data``, to skip loading it again.
   """
   config.validate()
-  # Warm start (--init_from) only on a fresh workdir; a rerun resumes its own checkpoints.
-  parent = (warm_start.load_parent(config.train.init_from, config)
-            if config.train.init_from and not warm_start.resuming(workdir) else None)
+  parent = _parent(config, workdir)
   if data is None:   # first, so that bad input leaves no half-made run directory behind
-    data = prepare_lib.prepare(prepare_lib.load_raw(config.data), config.data,
-                               warm_start.base_vocabularies(config, workdir, parent))
+    data = prepare_data(config, workdir, parent)
   wd = Workdir(workdir)
   os.makedirs(wd.root, exist_ok=True)
   runner.save_config(wd.config, config)
