@@ -128,3 +128,21 @@ def test_a_killed_refit_resumes_from_its_own_checkpoints(data, tmp_path, monkeyp
   log = train_job.train(config, workdir, data)
   assert calls[0] == 11   # resumed after the step-10 checkpoint, not from step 0
   assert log["final"]["refit"]["steps"] == calls[-1]
+
+
+def test_a_one_pass_run_is_refit_by_continuing_over_the_unseen_events(data, tmp_path):
+  """One selected epoch: the selection model goes on over valid + test only, once, its step
+  count carrying on; --refit_continue_epochs=0 retrains the whole pass instead."""
+  config = _config("all", epochs=1)
+  log = train_job.train(config, str(tmp_path / "continued"), data)
+  refit_log = log["final"]["refit"]
+  unseen = int((data.events.split != splits.TRAIN).sum())
+  assert refit_log["how"].startswith("continued")
+  assert refit_log["steps"] == -(-unseen // 256)
+  latest = tf.train.latest_checkpoint(str(tmp_path / "continued" / "refit" / "checkpoints"))
+  # Checkpoints are numbered by the optimizer's step: it carried on from the selection run.
+  assert int(latest.rsplit("-", 1)[1]) == log["final"]["steps"] + refit_log["steps"]
+  config.train.refit_continue_epochs = 0.0
+  retrained = train_job.train(config, str(tmp_path / "retrained"), data)["final"]["refit"]
+  assert retrained["how"].startswith("retrained")
+  assert retrained["steps"] == -(-len(data.events) // 256)

@@ -119,6 +119,7 @@ class TrainConfig:
   drift_every_steps: int = 100                # Δt of the embedding-drift monitor; 0: off
   drift_sample_size: int = 1024               # items re-encoded per drift measurement
   refit: Refit = "all"                        # after selection, retrain on more of the data
+  refit_continue_epochs: float = 1.0          # selected lengths up to this: refit continues
   eval_users: int = 10_000                    # validation users sampled per evaluation; 0: all
   test_users: int = 0                         # test users sampled for the final test; 0: all
   eval_every_steps: int = 0                   # also validate every N steps; 0: per epoch only
@@ -233,6 +234,8 @@ class Config:
          f"--eval_ks must be positive (and at least one), got {list(t.eval_ks)}"),
         (0 <= m.id_dropout < 1, f"--id_dropout must be in [0, 1), got {m.id_dropout}"),
         (t.refit in REFITS, f"--refit must be one of {REFITS}, got {t.refit!r}"),
+        (t.refit_continue_epochs >= 0,
+         f"--refit_continue_epochs must be >= 0, got {t.refit_continue_epochs}"),
         (t.eval_users >= 0, f"--eval_users must be >= 0 (0: all), got {t.eval_users}"),
         (t.test_users >= 0, f"--test_users must be >= 0 (0: all), got {t.test_users}"),
         (t.eval_every_steps >= 0,

@@ -93,10 +93,13 @@ class Trainer(runner.Runner):
 
   def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData, *,
                files: Optional[runner.RunFiles] = None,
-               settings: Optional[runner.LoopSettings] = None):
-    """``files`` and ``settings``: where the run's outputs go and its loop settings, when not
-    the workdir's usual ones and the config's (the refit, training/refit.py)."""
+               examples: Optional[prepare_lib.PreparedData] = None):
+    """``files``: where the run's outputs go, when not the workdir's usual ones (the refit,
+    training/refit.py). ``examples``: ``data`` with another training split to draw the
+    batches from (the refit's continuation: only the events the selection run never saw);
+    ``data`` still sets the frequencies, the corpus and the evaluation."""
     self.config, self.data, self.wd = config, data, Workdir(workdir)
+    self.examples = examples or data
     t = config.train
     tf_keras.utils.set_random_seed(t.seed)
     self.strategy = make_strategy(t.distribution)
@@ -105,11 +108,12 @@ class Trainer(runner.Runner):
       model, optimizer = build_model(data, config)
     # Replicas need equal slices (the global batch splits evenly): the last partial batch
     # of an epoch is left out there; the order is reshuffled every epoch.
-    self._start(model, optimizer, settings or runner.LoopSettings.of(t),
+    self._start(model, optimizer, runner.LoopSettings.of(t),
                 files or selection_files(self.wd, config),
                 header={"dataset": data.name, "data": data.stats},
-                steps_per_epoch=pipeline.steps_per_epoch(data, t.batch_size, self.distributed))
-    self.num_train = int((data.events.split == splits.TRAIN).sum())
+                steps_per_epoch=pipeline.steps_per_epoch(self.examples, t.batch_size,
+                                                         self.distributed))
+    self.num_train = int((self.examples.events.split == splits.TRAIN).sum())
     self.train_step = tf.function(self._replicated_step, reduce_retracing=True)
     # One encoder for the whole run: its traced functions are reused every epoch instead of
     # retraced (TensorFlow warns about functions created in a loop).
@@ -131,7 +135,7 @@ class Trainer(runner.Runner):
   def dataset(self, epoch: int, skip_batches: int):
     t = self.config.train
     dataset = pipeline.training_dataset(
-        self.data, batch_size=t.batch_size, history_length=self.config.data.history_length,
+        self.examples, batch_size=t.batch_size, history_length=self.config.data.history_length,
         seed=t.seed, epoch=epoch, id_dropout=self.config.model.id_dropout,
         skip_batches=skip_batches, drop_remainder=self.distributed)
     if self.distributed:

@@ -24,6 +24,7 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
+import tensorflow as tf
 
 from twotower.config import Config
 from twotower.data import pipeline, splits
@@ -31,6 +32,7 @@ from twotower.data import prepare as prepare_lib
 from twotower.training import loop, runner
 from twotower.workdir import Workdir
 
+UNSEEN_NONE = 3   # a split code no trainer or evaluation reads
 REFIT_SPLITS = {"train_valid": (splits.TRAIN, splits.VALID),
                 "all": (splits.TRAIN, splits.VALID, splits.TEST)}
 
@@ -89,18 +91,25 @@ class RefitTrainer(loop.Trainer):
         checkpoints=os.path.join(wd.refit, "checkpoints"), best=wd.best,
         tensorboard=os.path.join(wd.tensorboard, "refit"), metrics=wd.metrics,
         section="refit", name="refit ")
-    super().__init__(config, workdir, refit_data(data, mode), files=files)
+    super().__init__(config, workdir, refit_data(data, mode), files=files,
+                     examples=self._examples(data, mode))
     self.schedule = schedule
+    self.first_step = self._step()
     self.target_steps = max(1, round(schedule.epochs * self.steps_per_epoch))
     self.settings = dataclasses.replace(
         self.settings, epochs=math.ceil(self.target_steps / self.steps_per_epoch),
-        step_limit=self.target_steps)
+        step_limit=self.first_step + self.target_steps)
     self.log.update(trained_on="+".join(splits.SPLIT_NAMES[s] for s in REFIT_SPLITS[mode]),
                     target_epochs=round(schedule.epochs, 4), target_steps=self.target_steps)
 
+  def _examples(self, data: prepare_lib.PreparedData,
+                mode: str) -> Optional[prepare_lib.PreparedData]:
+    """The data whose training split the batches come from (None: the refit's data)."""
+    return None
+
   def _follow_schedule(self, step: int) -> None:
     """The selection run's rate at this point, times the refit's own recovery factors."""
-    rate = (self.schedule.rate_at(step / self.steps_per_epoch)
+    rate = (self.schedule.rate_at((step - self.first_step) / self.steps_per_epoch)
             * self.settings.recovery_lr_factor ** int(self.state.recoveries))
     if not math.isclose(runner.number(self.optimizer.learning_rate), rate, rel_tol=1e-6):
       self.optimizer.learning_rate.assign(rate)
@@ -128,6 +137,42 @@ class RefitTrainer(loop.Trainer):
     return log
 
 
+class ContinuationTrainer(RefitTrainer):
+  """The refit of a selection run that made at most one pass: its model and optimizer go on
+  over the events it never trained on, for the same share of a pass, at its last learning
+  rate. Every event is then seen once, as in a retrain on all of them, for a fifth of the
+  cost (the newest events come last, where a retrain shuffles them in); the step count, the
+  queue and Adam's moments carry on from the selection run's last checkpoint."""
+
+  def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData,
+               schedule: Schedule, selection_checkpoint: str):
+    self._selection_checkpoint = selection_checkpoint
+    super().__init__(config, workdir, data, Schedule(schedule.boundaries[-1:],
+                                                      schedule.rates[-1:]))
+    self.log.update(continued_from=selection_checkpoint, continued_at_step=self.first_step)
+
+  def _examples(self, data: prepare_lib.PreparedData,
+                mode: str) -> Optional[prepare_lib.PreparedData]:
+    unseen = np.isin(data.events.split, REFIT_SPLITS[mode][1:])
+    # UNSEEN_NONE marks events neither trained on again nor evaluated here.
+    split = np.where(unseen, splits.TRAIN, UNSEEN_NONE).astype(np.int8)
+    return dataclasses.replace(data, events=dataclasses.replace(data.events, split=split))
+
+  def _start(self, model, optimizer, *args, **kwargs) -> None:
+    tf.train.Checkpoint(model=model, optimizer=optimizer).read(
+        self._selection_checkpoint).expect_partial()
+    super()._start(model, optimizer, *args, **kwargs)
+
+
+def continues(config: Config, schedule: Schedule, selection_log: dict) -> bool:
+  """Whether the refit continues the selection model rather than retraining: its selected
+  length is at most --refit_continue_epochs and its best evaluation was its last, so that
+  the selection run's latest checkpoint holds the selected weights with their optimizer."""
+  records = selection_log["epochs"]
+  return (0 < schedule.epochs <= config.train.refit_continue_epochs
+          and bool(records) and bool(records[-1].get("best")))
+
+
 def refit(config: Config, workdir: str, data: prepare_lib.PreparedData,
           selection_log: dict, distributed: bool,
           on_start: Optional[Callable[[RefitTrainer], None]] = None) -> dict:
@@ -138,12 +183,21 @@ def refit(config: Config, workdir: str, data: prepare_lib.PreparedData,
   start restores its initialisation there).
   """
   selection_steps = pipeline.steps_per_epoch(data, config.train.batch_size, distributed)
-  trainer = RefitTrainer(config, workdir, data, Schedule.of(selection_log, selection_steps))
-  if on_start is not None:
-    on_start(trainer)
+  schedule = Schedule.of(selection_log, selection_steps)
+  trainer: RefitTrainer
+  if continues(config, schedule, selection_log):
+    trainer = ContinuationTrainer(config, workdir, data, schedule,
+                                  tf.train.latest_checkpoint(Workdir(workdir).checkpoints))
+  else:
+    trainer = RefitTrainer(config, workdir, data, schedule)
+    if on_start is not None:
+      on_start(trainer)
   final = trainer.run()["final"]
   summary = {"data": trainer.log["trained_on"], "epochs": trainer.log["target_epochs"],
-             "steps": final["steps"], "seconds": final["seconds"],
+             "steps": final["steps"] - trainer.first_step, "seconds": final["seconds"],
+             "how": ("continued the selection model over the events it never trained on"
+                     if isinstance(trainer, ContinuationTrainer) else
+                     "retrained from the selection run's initialisation"),
              "recoveries": final["recoveries"],
              **{k: final[k] for k in ("test", "most_popular_test") if k in final}}
   marks = {
