@@ -139,6 +139,8 @@ class Stages:
         else:
           record.setdefault("rss_from", "VmRSS sampled every 10 ms")
         record["peak_rss_mb"] = max(record.get("peak_rss_mb", 0), round(peak / 2**20))
+      # As each stage ends, so that a run cut short still shows what it measured.
+      logging.info("bench_scale stage %s: %s", name, json.dumps(record))
 
 
 def _hook(owner, name: str, wrapper_of):
