@@ -30,6 +30,7 @@ def tiny_config():
   config.train.eval_ks = (10,)
   config.train.early_stopping_metric = "recall@10"
   config.loss.queue_size = 0
+  config.train.refit = "none"   # tests of the refit itself say so (tests/test_refit.py)
   return config
 
 

@@ -32,6 +32,7 @@ def small_config(**overrides) -> Config:
   config.train.progress = False
   config.loss.queue_size = 512
   config.loss.queue_warmup_steps = 20
+  config.train.refit = "none"   # these tests are about the selection run (refit: test_refit.py)
   for key, value in overrides.items():
     section, name = key.split("__")
     setattr(getattr(config, section), name, value)
@@ -232,7 +233,7 @@ def test_kill_minus_9_then_rerun_resumes_and_matches(clean_run, tmp_path):
           "--dataset=synthetic", "--synthetic_users=600", "--synthetic_items=400",
           "--synthetic_interactions=24000", "--batch_size=256", "--epochs=6",
           "--queue_size=512", "--queue_warmup_steps=20", "--checkpoint_every_steps=25",
-          "--noprogress"]
+          "--refit=none", "--noprogress"]
   proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   deadline = time.time() + 240

@@ -22,6 +22,7 @@ Frequency = Literal["static", "streaming"]
 MixedNegativesDistribution = Literal["uniform", "popularity"]
 RankingLoss = Literal["bce", "softmax"]
 RankingExamples = Literal["train", "valid"]
+Refit = Literal["none", "train_valid", "all"]
 
 DATASETS = get_args(Dataset)
 OPTIMIZERS = get_args(Optimizer)
@@ -30,6 +31,7 @@ FREQUENCIES = get_args(Frequency)
 MIXED_NEGATIVES_DISTRIBUTIONS = get_args(MixedNegativesDistribution)
 RANKING_LOSSES = get_args(RankingLoss)
 RANKING_EXAMPLES = get_args(RankingExamples)
+REFITS = get_args(Refit)
 # Hash functions StreamingFrequencyEstimator has multipliers for (model/frequency.py).
 MAX_FREQUENCY_HASHES = 5
 
@@ -116,6 +118,7 @@ class TrainConfig:
   clippy_absolute_threshold: float = 1e-7
   drift_every_steps: int = 100                # Δt of the embedding-drift monitor; 0: off
   drift_sample_size: int = 1024               # items re-encoded per drift measurement
+  refit: Refit = "all"                        # after selection, retrain on more of the data
 
 
 @dataclasses.dataclass
@@ -225,6 +228,7 @@ class Config:
         (len(t.eval_ks) > 0 and all(k > 0 for k in t.eval_ks),
          f"--eval_ks must be positive (and at least one), got {list(t.eval_ks)}"),
         (0 <= m.id_dropout < 1, f"--id_dropout must be in [0, 1), got {m.id_dropout}"),
+        (t.refit in REFITS, f"--refit must be one of {REFITS}, got {t.refit!r}"),
     ])
     metric = t.early_stopping_metric
     names = ({f"{kind}@{k}" for kind in ("recall", "ndcg", "hit_rate") for k in t.eval_ks}

@@ -30,7 +30,9 @@ class Workdir:
   config = property(lambda self: self.path("config.json"))
   metrics = property(lambda self: self.path("metrics.json"))
   checkpoints = property(lambda self: self.path("checkpoints"))
-  best = property(lambda self: self.path("checkpoints", "best"))
+  best = property(lambda self: self.path("checkpoints", "best"))   # the shipped model
+  selection_best = property(lambda self: self.path("checkpoints", "selection_best"))
+  refit = property(lambda self: self.path("refit"))
   tensorboard = property(lambda self: self.path("tensorboard"))
   vocab = property(lambda self: self.path("vocab"))
   index = property(lambda self: self.path("index"))

@@ -146,6 +146,10 @@ _HELP = {
                          "sample) every this many steps; logged to TensorBoard and "
                          "metrics.json. 0: off.",
     "drift_sample_size": "Items re-encoded per drift measurement (> 0).",
+    "refit": "After early stopping picks the epoch count on validation, train again from "
+             "the same initialisation for that many epochs on more data and ship that model: "
+             "all (train + valid + test, the default: the newest events are the most "
+             "predictive), train_valid (test stays out, so its figure is honest), or none.",
 }
 
 _RANKING_HELP = {

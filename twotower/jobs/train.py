@@ -1,7 +1,8 @@
 """The workdir-level retrieval training job behind twotower-train: config, data, vocabularies.
 
 It validates the config, prepares the data, saves both and hands the arrays to the retrieval
-trainer (train/loop.py). Rerunning it on the same workdir resumes the run.
+trainer (training/loop.py), then, unless --refit=none, to the refit (training/refit.py), whose
+model is the one that ships. Rerunning it on the same workdir resumes whichever was running.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
 from twotower.training import loop, runner
+from twotower.training import refit as refit_lib
 from twotower.workdir import Workdir
 
 
@@ -26,4 +28,8 @@ def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData]
   os.makedirs(wd.root, exist_ok=True)
   runner.save_config(wd.config, config)
   data.save_vocab(wd.vocab)
-  return loop.Trainer(config, workdir, data).run()
+  trainer = loop.Trainer(config, workdir, data)
+  log = trainer.run()
+  if config.train.refit == "none":
+    return log
+  return refit_lib.refit(config, workdir, data, log, trainer.distributed)

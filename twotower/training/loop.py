@@ -75,7 +75,11 @@ class Trainer(runner.Runner):
   the drift monitor; the loop around them is runner.Runner's."""
   shown_metrics = ("ndcg@20",)
 
-  def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData):
+  def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData, *,
+               files: Optional[runner.RunFiles] = None,
+               settings: Optional[runner.LoopSettings] = None):
+    """``files`` and ``settings``: where the run's outputs go and its loop settings, when not
+    the workdir's usual ones and the config's (the refit, training/refit.py)."""
     self.config, self.data, self.wd = config, data, Workdir(workdir)
     t = config.train
     tf_keras.utils.set_random_seed(t.seed)
@@ -85,9 +89,8 @@ class Trainer(runner.Runner):
       model, optimizer = build_model(data, config)
     # Replicas need equal slices (the global batch splits evenly): the last partial batch
     # of an epoch is left out there; the order is reshuffled every epoch.
-    self._start(model, optimizer, runner.LoopSettings.of(t),
-                runner.RunFiles(checkpoints=self.wd.checkpoints, best=self.wd.best,
-                                tensorboard=self.wd.tensorboard, metrics=self.wd.metrics),
+    self._start(model, optimizer, settings or runner.LoopSettings.of(t),
+                files or selection_files(self.wd, config),
                 header={"dataset": data.name, "data": data.stats},
                 steps_per_epoch=pipeline.steps_per_epoch(data, t.batch_size, self.distributed))
     self.num_train = int((data.events.split == splits.TRAIN).sum())
@@ -148,6 +151,14 @@ class Trainer(runner.Runner):
     return {"valid": self.evaluate(),
             "test": split_metrics(self.model, self.data, splits.TEST, self.config, self.encoder),
             "most_popular_test": most_popular_metrics(self.data, splits.TEST, self.config)}
+
+
+def selection_files(wd: Workdir, config: Config) -> runner.RunFiles:
+  """The selection run's outputs. With a refit to follow, its best epoch is kept beside the
+  shipped model (``checkpoints/best``, which the refit writes) rather than as it."""
+  best = wd.best if config.train.refit == "none" else wd.selection_best
+  return runner.RunFiles(checkpoints=wd.checkpoints, best=best, tensorboard=wd.tensorboard,
+                         metrics=wd.metrics)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:

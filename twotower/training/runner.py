@@ -93,6 +93,14 @@ class MetricsRecord:
     whole[self.section] = log
     fileio.atomic_write_json(self.path, whole)
 
+  def merge_final(self, extra: dict) -> None:
+    """Adds ``extra`` to this section's finished "final" entry on disk (what a later stage,
+    such as the refit, says about the figures already there)."""
+    whole = self._file()
+    entry = whole if self.section is None else whole.setdefault(self.section, {})
+    entry.setdefault("final", {}).update(extra)
+    fileio.atomic_write_json(self.path, whole)
+
 
 def save_config(path: str, config) -> None:
   """Writes a job's config (Config or RankingConfig) as ``path``, warning when a previous
@@ -128,6 +136,9 @@ class Runner:
   train_step: Callable[[Any], dict]   # batch -> {"loss", "grad_norm"}, set by the trainer
   shown_metrics: tuple = ()   # validation metrics in the epoch's log line, besides the one
                               # early stopping watches
+  # False: a fixed number of epochs with no validation, each epoch's weights the best (a
+  # refit on data that includes the validation split has nothing to select on).
+  selects: bool = True
 
   def _start(self, model, optimizer, settings: LoopSettings, files: RunFiles, header: dict,
              steps_per_epoch: int) -> None:
@@ -271,13 +282,16 @@ class Runner:
 
   def _end_epoch(self, epoch, losses, seen, elapsed) -> None:
     s, prefix = self.settings, self.files.summary_prefix
-    valid = self.evaluate()
+    valid = self.evaluate() if self.selects else {}
     record = {"epoch": epoch, "step": self._step(),
               "loss": float(np.mean(losses)) if losses else None,
               "examples_per_second": seen / max(elapsed, 1e-9),
               "learning_rate": number(self.optimizer.learning_rate),
               **self.epoch_extras(), "valid": valid}
-    self._early_stopping(record)
+    if self.selects:
+      self._early_stopping(record)
+    else:   # the last epoch is the result; _finish writes it once the run is complete
+      self.state.best_epoch.assign(epoch)
     self.log["epochs"].append(record)
     with self.writer.as_default(step=self._step()):
       for metric, value in valid.items():
@@ -289,10 +303,11 @@ class Runner:
       self.state.batches_done.assign(0)
     self.save()
     shown = dict.fromkeys((s.early_stopping_metric,) + tuple(self.shown_metrics))
-    logging.info("%sepoch %d: loss %s, %.0f examples/s, valid %s", self.files.name, epoch,
+    logging.info("%sepoch %d: loss %s, %.0f examples/s%s", self.files.name, epoch,
                  "n/a" if record["loss"] is None else f"{record['loss']:.4g}",
                  record["examples_per_second"],
-                 ", ".join(f"{m} {valid[m]:.4f}" for m in shown if m in valid))
+                 ", valid " + ", ".join(f"{m} {valid[m]:.4f}" for m in shown if m in valid)
+                 if valid else "")
 
   def _early_stopping(self, record: dict) -> None:
     """Best checkpoint, reduce-on-plateau and early stopping on the watched metric."""
