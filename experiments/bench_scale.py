@@ -9,6 +9,8 @@ the interfaces the jobs call, not by copies of the code:
 
   validate   runner hook ``evaluate`` of the retrieval trainer (each validation pass)
   test       runner hook ``final_metrics`` (test, and validation again unless reused)
+  refit      ``training.refit.refit`` where it exists (the selected recipe again on more
+             of the data, inside train)
   mine       ``RankingTrainer.__init__`` (the retrieval top-N of the examples and of the
              held-out impressions, before the head trains)
   rank       the rest of ``train_ranking`` (the head's epochs and its evaluation)
@@ -58,6 +60,11 @@ from twotower.training import loop
 from twotower.training import ranking as ranking_trainer
 from twotower.workdir import Workdir
 
+try:   # the refit after model selection, in versions that have it
+  from twotower.training import refit as refit_lib
+except ImportError:
+  refit_lib = None
+
 # (interactions, items, users); tiny is a smoke test of the benchmark itself.
 SIZES = {"tiny": (60_000, 3_000, 2_000), "small": (1_000_000, 100_000, 20_000),
          "large": (10_000_000, 1_000_000, 200_000)}
@@ -81,6 +88,7 @@ FLAGS = flags.FLAGS
 
 # What a stage's time is set against (the counters below), in order of preference.
 WORK = {"prepare": ("interactions",), "train": ("train_examples",),
+        "refit": ("train_examples",),
         "validate": ("exact_scores",), "test": ("exact_scores",),
         "mine": ("exact_scores", "user_encodings"), "rank": ("ranking_examples",),
         "index": ("items",), "export": ("items_and_users",), "serve": ("queries",)}
@@ -120,7 +128,9 @@ class Stages:
   def stage(self, name: str):
     top = not self._stack
     with self._lock:
-      record = self.records.setdefault(name, {"seconds": 0.0, "calls": 0})
+      record = self.records.setdefault(name, {"seconds_with_nested": 0.0, "nested_seconds": 0.0,
+                                              "calls": 0})
+      parent = self._stack[-1] if self._stack else None
       self._stack.append(name)
       self._sampled[name] = max(self._sampled.get(name, 0), status_bytes("VmRSS"))
     hwm = top and reset_peak_rss()
@@ -131,7 +141,10 @@ class Stages:
       elapsed = time.perf_counter() - start
       with self._lock:
         self._stack.pop()
-        record["seconds"] += elapsed
+        record["seconds_with_nested"] += elapsed
+        # A stage's own time leaves out the stages inside it (validate inside train).
+        if parent is not None:
+          self.records[parent]["nested_seconds"] += elapsed
         record["calls"] += 1
         peak = self._sampled[name]
         if hwm:
@@ -170,10 +183,26 @@ def _counted(stages: Stages, counter: str, amount):
   return wrapper_of
 
 
+def _counted_result(stages: Stages, counter: str):
+  """Counts what the wrapped function returns (examples in a batch)."""
+  def wrapper_of(original):
+    def counted(*args, **kwargs):
+      result = original(*args, **kwargs)
+      stages.count(counter, result)
+      return result
+    return counted
+  return wrapper_of
+
+
 def install_hooks(stages: Stages) -> list:
   hooks = [
       _hook(loop.Trainer, "evaluate", _timed(stages, "validate")),
       _hook(loop.Trainer, "final_metrics", _timed(stages, "test")),
+      # The refit (train + valid, or everything, after model selection), where it exists.
+      _hook(refit_lib, "refit", _timed(stages, "refit")) if refit_lib else None,
+      _hook(refit_lib.RefitTrainer, "final_metrics", _timed(stages, "test"))
+      if refit_lib else None,
+      _hook(loop.Trainer, "batch_examples", _counted_result(stages, "train_examples")),
       _hook(ranking_trainer.RankingTrainer, "__init__", _timed(stages, "mine")),
       # Exact scores: every evaluation, mining and brute-force search goes through it.
       _hook(topk, "for_each_chunk", _counted(
@@ -186,7 +215,8 @@ def install_hooks(stages: Stages) -> list:
               self._data.num_items if item_ids is None else len(item_ids)))),
   ]
   missing = [name for name, undo in zip(
-      ("Trainer.evaluate", "Trainer.final_metrics", "RankingTrainer.__init__",
+      ("Trainer.evaluate", "Trainer.final_metrics", "refit", "RefitTrainer.final_metrics",
+       "Trainer.batch_examples", "RankingTrainer.__init__",
        "topk.for_each_chunk", "Encoder.users", "Encoder.items"), hooks) if undo is None]
   if missing:
     logging.warning("bench_scale: no hook for %s (renamed?); those figures are missing",
@@ -254,18 +284,10 @@ def run_size(size: str) -> dict:
     stages.close()
   total = time.perf_counter() - started
   records = stages.records
-  # Nested stages' time is their own; the enclosing stage keeps only the rest.
-  for outer, inner in (("train", ("validate", "test")), ("rank", ("mine",))):
-    if outer in records:
-      records[outer]["seconds_with_nested"] = records[outer]["seconds"]
-      records[outer]["seconds"] -= sum(records[n]["seconds"] for n in inner if n in records)
-  steps = log["final"]["steps"]
-  num_train = log.get("data", {}).get("train")
-  train_examples = steps * config.train.batch_size
-  if num_train:
-    train_examples = min(train_examples, num_train * config.train.epochs)
+  for record in records.values():
+    record["seconds"] = record["seconds_with_nested"] - record.pop("nested_seconds")
   records["prepare"].setdefault("counters", {})["interactions"] = interactions
-  records["train"].setdefault("counters", {})["train_examples"] = train_examples
+  train_examples = records["train"].get("counters", {}).get("train_examples", 0)
   records["train"]["examples_per_second"] = round(train_examples / records["train"]["seconds"])
   records["train"]["examples_per_second_metrics_json"] = [
       round(e["examples_per_second"]) for e in log["epochs"]]
