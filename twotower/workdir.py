@@ -56,13 +56,15 @@ def require(workdir: str, paths, holds: str, job: str) -> None:
                               f"--workdir={workdir} first")
 
 
-def restore_retrieval_model(workdir: str, data: prepare_lib.PreparedData, config: Config):
-  """A TwoTowerModel for ``data`` with the best retrieval epoch's weights of ``workdir``."""
+def restore_retrieval_model(workdir: str, data: prepare_lib.PreparedData, config: Config,
+                            checkpoint: Optional[str] = None):
+  """A TwoTowerModel for ``data`` with the shipped weights of ``workdir`` (or those of
+  ``checkpoint``, e.g. the selection run's best)."""
   import tensorflow as tf
 
   from twotower.model import retrieval  # deferred: builds TF graphs
   model = retrieval.build_retrieval_model(data, config)
-  tf.train.Checkpoint(model=model).read(Workdir(workdir).best).expect_partial()
+  tf.train.Checkpoint(model=model).read(checkpoint or Workdir(workdir).best).expect_partial()
   return model
 
 

@@ -2,39 +2,41 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 from twotower.data import splits
 from twotower.model.encoding import Encoder
 from twotower.training import loop, refit, runner
-from twotower.workdir import Workdir, load_trained
+from twotower.workdir import Workdir, load_trained, restore_retrieval_model
 
 
 def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None) -> dict:
-  """Exact full-corpus metrics (twotower.evaluate) of the shipped model on validation and
-  test, and of the most-popular baseline on test; after a refit, ``"model"`` says which of
-  the figures the model has trained on.
+  """Exact full-corpus metrics (twotower.evaluate) of the best model on validation and test,
+  and of the most-popular baseline on test. After a refit that is the selection model, whose
+  validation and test events are held out (the refit trained on them); ``"model"`` says so.
 
   Also stored under ``evaluation`` in the run's metrics.json, next to what training wrote.
   """
   run = load_trained(workdir)
-  config = run.config
+  config, model, wd = run.config, run.model, Workdir(workdir)
   if ks:
     config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, eval_ks=tuple(int(k) for k in ks)))
-  encoder = Encoder(run.model, run.data)
-  result = {
-      "valid": loop.split_metrics(run.model, run.data, splits.VALID, config, encoder),
-      "test": loop.split_metrics(run.model, run.data, splits.TEST, config, encoder),
+  note = None
+  if config.train.refit != "none" and os.path.exists(wd.selection_best + ".index"):
+    # The shipped refit trained on these splits; the selection model's figures are held out.
+    model = restore_retrieval_model(workdir, run.data, config, wd.selection_best)
+    trained_on = "+".join(splits.SPLIT_NAMES[s] for s in refit.REFIT_SPLITS[config.train.refit])
+    note = (f"the selection model (checkpoints/selection_best), for which validation and test "
+            f"are held out; the shipped model (checkpoints/best) is its refit on {trained_on}")
+  encoder = Encoder(model, run.data)
+  result: dict = {
+      "valid": loop.split_metrics(model, run.data, splits.VALID, config, encoder),
+      "test": loop.split_metrics(model, run.data, splits.TEST, config, encoder),
       "most_popular_test": loop.most_popular_metrics(run.data, splits.TEST, config),
   }
-  if config.train.refit != "none":
-    seen = refit.REFIT_SPLITS[config.train.refit]
-    result["model"] = (
-        f"the shipped model, refit on {'+'.join(splits.SPLIT_NAMES[s] for s in seen)}: "
-        + ("its validation figure is not held out; test is"
-           if config.train.refit == "train_valid" else
-           "neither figure is held out (the selection model's held-out figures are "
-           "metrics.json's final valid/test)"))
+  if note:
+    result["model"] = note
   runner.MetricsRecord(Workdir(workdir).metrics, "evaluation").write(result)
   return result
