@@ -19,7 +19,8 @@ TINY = ["--dataset=synthetic", "--synthetic_users=200", "--synthetic_items=100",
         "--synthetic_interactions=3000", "--epochs=1", "--batch_size=128",
         "--embedding_dim=16", "--id_embedding_dim=16", "--feature_embedding_dim=8",
         "--user_layers=32", "--item_layers=32", "--history_length=5", "--queue_size=0",
-        "--eval_ks=5,10", "--early_stopping_metric=recall@10"]
+        "--eval_ks=5,10", "--early_stopping_metric=recall@10",
+        "--refit=none"]   # the jobs' output, not the refit (tests/test_refit.py)
 TINY_RANKING = ["--ranking_epochs=1", "--ranking_num_candidates=20", "--ranking_batch_size=128",
                 "--ranking_layers=16", "--ranking_embedding_dim=8"]
 # Keras' bar in a pipe: "3/3 [==============================] - 0s 5ms/step - loss: ..."

@@ -209,6 +209,7 @@ def test_the_refit_starts_from_the_warm_started_state(parent, tmp_path, monkeypa
   monkeypatch.setattr(refit_lib.RefitTrainer, "run", first_look)
   config = _child_config(parent)
   config.train.refit = "train_valid"
+  config.train.refit_continue_epochs = 0.0   # a retrain (a continuation starts elsewhere)
   workdir = str(tmp_path / "child")
   train_job.train(config, workdir)
   init = tf.train.load_checkpoint(os.path.join(Workdir(workdir).checkpoints,

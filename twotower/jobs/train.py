@@ -58,5 +58,5 @@ def train(config: Config, workdir: str, data: Optional[prepare_lib.PreparedData]
   if config.train.refit == "none":
     return log
   # A warm run's refit starts from the same warm-started state as its selection run.
-  return refit_lib.refit(config, workdir, data, log, trainer.distributed,
+  return refit_lib.refit(config, workdir, data, log, trainer.strategy,
                          on_start=warm_start.restore_init if config.train.init_from else None)

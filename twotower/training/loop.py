@@ -93,16 +93,20 @@ class Trainer(runner.Runner):
 
   def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData, *,
                files: Optional[runner.RunFiles] = None,
-               examples: Optional[prepare_lib.PreparedData] = None):
+               examples: Optional[prepare_lib.PreparedData] = None,
+               strategy: Optional[tf.distribute.Strategy] = None):
     """``files``: where the run's outputs go, when not the workdir's usual ones (the refit,
     training/refit.py). ``examples``: ``data`` with another training split to draw the
     batches from (the refit's continuation: only the events the selection run never saw);
-    ``data`` still sets the frequencies, the corpus and the evaluation."""
+    ``data`` still sets the frequencies, the corpus and the evaluation. ``strategy``: an
+    existing tf.distribute strategy to run under (the refit reuses its selection run's: a
+    process gets one multi-worker strategy, and two mirrored ones clash in their
+    collective ops)."""
     self.config, self.data, self.wd = config, data, Workdir(workdir)
     self.examples = examples or data
     t = config.train
     tf_keras.utils.set_random_seed(t.seed)
-    self.strategy = make_strategy(t.distribution)
+    self.strategy = strategy or make_strategy(t.distribution)
     self.distributed = self.strategy.num_replicas_in_sync > 1
     with self.strategy.scope():
       model, optimizer = build_model(data, config)

@@ -84,7 +84,7 @@ class RefitTrainer(loop.Trainer):
   selects = False
 
   def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData,
-               schedule: Schedule):
+               schedule: Schedule, strategy: Optional[tf.distribute.Strategy] = None):
     wd = Workdir(workdir)
     mode = config.train.refit
     files = runner.RunFiles(
@@ -92,7 +92,7 @@ class RefitTrainer(loop.Trainer):
         tensorboard=os.path.join(wd.tensorboard, "refit"), metrics=wd.metrics,
         section="refit", name="refit ")
     super().__init__(config, workdir, refit_data(data, mode), files=files,
-                     examples=self._examples(data, mode))
+                     examples=self._examples(data, mode), strategy=strategy)
     self.schedule = schedule
     self.first_step = self._step()
     self.target_steps = max(1, round(schedule.epochs * self.steps_per_epoch))
@@ -145,10 +145,11 @@ class ContinuationTrainer(RefitTrainer):
   queue and Adam's moments carry on from the selection run's last checkpoint."""
 
   def __init__(self, config: Config, workdir: str, data: prepare_lib.PreparedData,
-               schedule: Schedule, selection_checkpoint: str):
+               schedule: Schedule, selection_checkpoint: str,
+               strategy: Optional[tf.distribute.Strategy] = None):
     self._selection_checkpoint = selection_checkpoint
     super().__init__(config, workdir, data, Schedule(schedule.boundaries[-1:],
-                                                      schedule.rates[-1:]))
+                                                      schedule.rates[-1:]), strategy)
     self.log.update(continued_from=selection_checkpoint, continued_at_step=self.first_step)
 
   def _examples(self, data: prepare_lib.PreparedData,
@@ -174,7 +175,7 @@ def continues(config: Config, schedule: Schedule, selection_log: dict) -> bool:
 
 
 def refit(config: Config, workdir: str, data: prepare_lib.PreparedData,
-          selection_log: dict, distributed: bool,
+          selection_log: dict, strategy: tf.distribute.Strategy,
           on_start: Optional[Callable[[RefitTrainer], None]] = None) -> dict:
   """Runs (or resumes) the refit after a finished selection run; returns the selection
   log with its final figures marked as the selection model's and the refit's summary.
@@ -182,14 +183,16 @@ def refit(config: Config, workdir: str, data: prepare_lib.PreparedData,
   ``on_start(trainer)``: runs once the refit's model exists, before it trains (the warm
   start restores its initialisation there).
   """
+  distributed = strategy.num_replicas_in_sync > 1
   selection_steps = pipeline.steps_per_epoch(data, config.train.batch_size, distributed)
   schedule = Schedule.of(selection_log, selection_steps)
   trainer: RefitTrainer
   if continues(config, schedule, selection_log):
     trainer = ContinuationTrainer(config, workdir, data, schedule,
-                                  tf.train.latest_checkpoint(Workdir(workdir).checkpoints))
+                                  tf.train.latest_checkpoint(Workdir(workdir).checkpoints),
+                                  strategy)
   else:
-    trainer = RefitTrainer(config, workdir, data, schedule)
+    trainer = RefitTrainer(config, workdir, data, schedule, strategy)
     if on_start is not None:
       on_start(trainer)
   final = trainer.run()["final"]
