@@ -29,7 +29,7 @@ def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None,
   if config.train.refit != "none" and os.path.exists(wd.selection_best + ".index"):
     # The shipped refit trained on these splits; the selection model's figures are held out.
     model = restore_retrieval_model(workdir, run.data, config, wd.selection_best)
-    trained_on = "+".join(splits.SPLIT_NAMES[s] for s in refit.REFIT_SPLITS[config.train.refit])
+    trained_on = refit.trained_on(config.train.refit)
     note = (f"the selection model (checkpoints/selection_best), for which validation and test "
             f"are held out; the shipped model (checkpoints/best) is its refit on {trained_on}")
   encoder = Encoder(model, run.data)

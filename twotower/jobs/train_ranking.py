@@ -18,7 +18,6 @@ from absl import logging
 
 from twotower import index as index_lib
 from twotower.config import RankingConfig
-from twotower.data import splits
 from twotower.data.histories import latest_histories
 from twotower.model.encoding import Encoder
 from twotower.training import refit, runner
@@ -50,7 +49,7 @@ def train_ranking(workdir: str, run: Optional[TrainedRun] = None, **options) -> 
   log = RankingTrainer(run, workdir, config, make_search=make_search).run()
   refit_mode = run.config.train.refit
   if refit_mode != "none":   # say what the head's validation and test figures are worth
-    trained_on = "+".join(splits.SPLIT_NAMES[s] for s in refit.REFIT_SPLITS[refit_mode])
+    trained_on = refit.trained_on(refit_mode)
     held_out = "the test split is" if refit_mode == "train_valid" else "neither split is"
     note = {"retrieval_model": (
         f"the refit on {trained_on}, which trained on the events these figures score: "

@@ -37,6 +37,11 @@ REFIT_SPLITS = {"train_valid": (splits.TRAIN, splits.VALID),
                 "all": (splits.TRAIN, splits.VALID, splits.TEST)}
 
 
+def trained_on(mode: str) -> str:
+  """The splits a refit of ``mode`` trains on, as the records name them ("train+valid")."""
+  return "+".join(splits.SPLIT_NAMES[s] for s in REFIT_SPLITS[mode])
+
+
 def refit_data(data: prepare_lib.PreparedData, mode: str) -> prepare_lib.PreparedData:
   """``data`` with the events of the refit's splits relabelled as training events.
 
@@ -99,7 +104,7 @@ class RefitTrainer(loop.Trainer):
     self.settings = dataclasses.replace(
         self.settings, epochs=math.ceil(self.target_steps / self.steps_per_epoch),
         step_limit=self.first_step + self.target_steps)
-    self.log.update(trained_on="+".join(splits.SPLIT_NAMES[s] for s in REFIT_SPLITS[mode]),
+    self.log.update(trained_on=trained_on(mode),
                     target_epochs=round(schedule.epochs, 4), target_steps=self.target_steps)
 
   def _examples(self, data: prepare_lib.PreparedData,
