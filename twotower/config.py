@@ -22,6 +22,7 @@ Frequency = Literal["static", "streaming"]
 MixedNegativesDistribution = Literal["uniform", "popularity"]
 RankingLoss = Literal["bce", "softmax"]
 RankingExamples = Literal["train", "valid"]
+TextEncoder = Literal["mean", "cnn", "attention"]
 Refit = Literal["none", "train_valid", "all"]
 
 DATASETS = get_args(Dataset)
@@ -32,6 +33,7 @@ MIXED_NEGATIVES_DISTRIBUTIONS = get_args(MixedNegativesDistribution)
 RANKING_LOSSES = get_args(RankingLoss)
 RANKING_EXAMPLES = get_args(RankingExamples)
 REFITS = get_args(Refit)
+TEXT_ENCODERS = get_args(TextEncoder)
 # Hash functions StreamingFrequencyEstimator has multipliers for (model/frequency.py).
 MAX_FREQUENCY_HASHES = 5
 
@@ -57,6 +59,10 @@ class DataConfig:
   synthetic_clusters: int = 20                # topics; more means harder negatives
   synthetic_affinity_temperature: float = 0.2  # smaller means more peaked preferences
   cache_dir: Optional[str] = None
+  text_features: Sequence[str] = ()           # feature columns tokenised as free text
+  text_max_tokens: int = 32                   # tokens kept per text value
+  synthetic_title_tokens: int = 0             # synthetic: title length per item; 0: no titles
+  synthetic_cold_items: float = 0.0           # synthetic: share of items with no training events
 
 
 @dataclasses.dataclass
@@ -69,6 +75,20 @@ class ModelConfig:
   dropout: float = 0.0
   id_dropout: float = 0.05                    # trains the OOV row used by unseen ids at serving
   l2_normalize: bool = True
+  text_encoder: TextEncoder = "mean"          # mean | cnn | attention (NRMS's news encoder)
+  text_dim: int = 64                          # token embedding and text vector dimension
+  text_layers: int = 1                        # cnn / attention layers
+  text_heads: int = 4                         # attention heads (text_dim must divide)
+  item_id_dropout: float = -1.0               # -1: --id_dropout with --text_features, else 0
+
+
+def item_id_dropout(config: "Config") -> float:
+  """The item tower's id dropout: the flag, or with -1 ``--id_dropout`` when the items have
+  text to be encoded from (cold items then embed through the trained OOV row), else 0."""
+  m = config.model
+  if m.item_id_dropout >= 0:
+    return m.item_id_dropout
+  return m.id_dropout if config.data.text_features else 0.0
 
 
 @dataclasses.dataclass
@@ -242,6 +262,24 @@ class Config:
          f"--eval_every_steps must be >= 0 (0: once per epoch), got {t.eval_every_steps}"),
         (t.init_from is None or bool(t.init_from.strip()),
          "--init_from must name a run directory (or be left unset)"),
+        (all(name.strip() for name in d.text_features),
+         f"--text_features must name feature columns, got {list(d.text_features)}"),
+        (d.text_max_tokens > 0, f"--text_max_tokens must be positive, got {d.text_max_tokens}"),
+        (d.synthetic_title_tokens >= 0,
+         f"--synthetic_title_tokens must be >= 0 (0: no titles), got "
+         f"{d.synthetic_title_tokens}"),
+        (0 <= d.synthetic_cold_items < 1,
+         f"--synthetic_cold_items must be in [0, 1), got {d.synthetic_cold_items}"),
+        (m.text_encoder in TEXT_ENCODERS,
+         f"--text_encoder must be one of {TEXT_ENCODERS}, got {m.text_encoder!r}"),
+        (m.text_dim > 0, f"--text_dim must be positive, got {m.text_dim}"),
+        (m.text_layers > 0, f"--text_layers must be positive, got {m.text_layers}"),
+        (m.text_heads > 0, f"--text_heads must be positive, got {m.text_heads}"),
+        (m.text_encoder != "attention" or m.text_dim % m.text_heads == 0,
+         f"--text_dim ({m.text_dim}) must be a multiple of --text_heads ({m.text_heads}) "
+         f"for --text_encoder=attention"),
+        (m.item_id_dropout == -1 or 0 <= m.item_id_dropout < 1,
+         f"--item_id_dropout must be -1 (auto) or in [0, 1), got {m.item_id_dropout}"),
     ])
     metric = t.early_stopping_metric
     names = ({f"{kind}@{k}" for kind in ("recall", "ndcg", "hit_rate") for k in t.eval_ks}

@@ -41,7 +41,7 @@ import pandas as pd
 
 from twotower import fileio, topk
 from twotower import index as index_lib
-from twotower.data import types
+from twotower.data import text, types
 from twotower.data.features import SEPARATORS
 from twotower.data.histories import latest_histories
 from twotower.data.vocab import PAD, Vocabulary
@@ -169,6 +169,8 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
       raw = inputs[s.name]
       if s.kind == types.TOKEN_SEQ:
         raw = tokenize(raw, s.max_tokens)
+      elif s.kind == types.TEXT:
+        raw = text.tokenize_tf(raw, s.max_tokens)
       out[s.name] = lookup_ids(feature_tables[s.name], s.vocab.num_oov_buckets, raw)
     return out
 
@@ -234,7 +236,7 @@ def user_defaults(data, history_length: int) -> dict:
   for spec in data.user_features.specs:
     values = data.user_features.values[spec.name][ids]
     raw = spec.vocab.token(values)
-    if spec.kind == types.TOKEN_SEQ:
+    if spec.kind in (types.TOKEN_SEQ, types.TEXT):
       raw = np.array([" ".join(t for t in row if t) for row in raw], dtype=object)
     out[f"feature/{spec.name}"] = raw.astype(str)
   return out

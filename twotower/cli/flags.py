@@ -59,6 +59,15 @@ _HELP = {
                                       "topic preferences (> 0); smaller is more peaked.",
     "cache_dir": "Where built-in datasets are cached (default: $TWOTOWER_CACHE or "
                  "~/.cache/twotower).",
+    "text_features": "User or item feature columns to read as free text, comma-separated "
+                     "(title,description): lower-cased, split on non-word characters, "
+                     "encoded by --text_encoder; the exports take the raw strings.",
+    "text_max_tokens": "Tokens kept per text value; longer texts are truncated.",
+    "synthetic_title_tokens": "--dataset=synthetic: each item gets a title of this many "
+                              "tokens drawn mostly from its topic's words (an item table "
+                              "column 'title'); 0: no titles.",
+    "synthetic_cold_items": "--dataset=synthetic: share of items, in [0, 1), whose events "
+                            "all come after the training period (cold-start items).",
     # model
     "embedding_dim": "Output dimension of both towers.",
     "id_embedding_dim": "Dimension of the user and item id embeddings.",
@@ -70,6 +79,17 @@ _HELP = {
                   "the OOV row unseen ids get at serving is trained.",
     "l2_normalize": "L2-normalise both towers' outputs, so that scores are cosines (the "
                     "--temperature is set for that scale).",
+    "text_encoder": "Encoder of --text_features: mean (of token embeddings), cnn (1-D "
+                    "convolution, max-pooled) or attention (multi-head self-attention, "
+                    "additive-attention pooling: NRMS's news encoder).",
+    "text_dim": "Dimension of the text encoder's token embeddings and output.",
+    "text_layers": "Convolution or self-attention layers of --text_encoder=cnn|attention.",
+    "text_heads": "Attention heads of --text_encoder=attention (--text_dim must be a "
+                  "multiple).",
+    "item_id_dropout": "Share of item ids replaced by the OOV id in training, in [0, 1): "
+                       "then items with no training events (cold) embed from their "
+                       "features through that trained row; -1: --id_dropout when "
+                       "--text_features are set, else 0.",
     # loss
     "temperature": "Softmax temperature over cosine scores (> 0); smaller is sharper.",
     "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most an eighth "
@@ -273,9 +293,12 @@ def define_dataclass_flags(kind, help_texts: dict, *, prefix: str = "",
 
 
 def field_value(field: dataclasses.Field, prefix: str = ""):
-  """The parsed flag of a dataclass field: list flags become tuples of ints."""
+  """The parsed flag of a dataclass field: list flags become tuples (of ints, unless the
+  field is a ``Sequence[str]``)."""
   name = prefix + field.name
   value: typing.Any = FLAGS[name].value
+  if isinstance(field.default, tuple) and field.type == "Sequence[str]":
+    return tuple(v.strip() for v in value)
   if isinstance(field.default, tuple):
     try:
       value = tuple(int(v) for v in value)

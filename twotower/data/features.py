@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from twotower.data import types
+from twotower.data import text, types
 from twotower.data.vocab import PAD, Vocabulary
 from twotower.errors import ConfigError
 
@@ -24,7 +24,7 @@ SEPARATORS = r"[ |]+"
 @dataclasses.dataclass
 class FeatureSpec:
   name: str
-  kind: str                 # types.TOKEN | types.TOKEN_SEQ
+  kind: str                 # types.TOKEN | types.TOKEN_SEQ | types.TEXT
   vocab: Vocabulary
   max_tokens: int = 1       # width of the id matrix; 1 for TOKEN
 
@@ -59,18 +59,42 @@ def raw_feature_matrix(column: np.ndarray, spec: FeatureSpec) -> np.ndarray:
   """Raw strings of one feature column, shaped as the spec's id matrix."""
   if spec.kind == types.TOKEN_SEQ:
     return tokenize(column, spec.max_tokens)
+  if spec.kind == types.TEXT:
+    return text.tokenize(column, spec.max_tokens)
   return np.asarray(column, dtype=object)
 
 
+def declare_text(tables: list[Optional[types.Table]], names, what: str) -> None:
+  """Marks the ``names`` columns of the user / item tables as text (``--text_features``).
+
+  A name that no table has, or a column that is empty in every row, is a DataError naming
+  the file(s) and the column: a typo must not train a model without its text.
+  """
+  present = [t for t in tables if t is not None]
+  for name in names:
+    holders = [t for t in present if name in t.columns and name not in ("user_id", "item_id")]
+    if not holders:
+      files = ", ".join(f"{t.path} ({', '.join(c for c in t.columns)})" for t in present)
+      raise types.DataError(
+          f"--text_features names column '{name}', which no feature table has; "
+          f"the tables are: {files or f'none (pass {what})'}", field=name)
+    for table in holders:
+      column = np.asarray(table.columns[name], dtype=object)
+      if not (pd.Series(column, dtype=object).fillna("").astype(str).str.strip() != "").any():
+        raise types.DataError(f"--text_features column is empty in every one of its "
+                              f"{len(column)} rows", path=table.path, field=name)
+      table.kinds[name] = types.TEXT
+
+
 def build_specs(table: Optional[types.Table], key: str, *, max_tokens: int,
-                num_oov_buckets: int,
+                num_oov_buckets: int, text_max_tokens: int = 32,
                 base: Optional[list[FeatureSpec]] = None) -> list[FeatureSpec]:
   """One spec per feature column of ``table``; with ``base`` (a parent run's specs, for a
   warm start) each feature's vocabulary extends the parent's, and a feature set, kind or
   width that differs from the parent's is a ConfigError naming both."""
   specs = [] if table is None else [
-      _new_spec(table, name, max_tokens, num_oov_buckets) for name in table.columns
-      if name != key]
+      _new_spec(table, name, max_tokens, text_max_tokens, num_oov_buckets)
+      for name in table.columns if name != key]
   if base is None:
     return specs
   entity = key.split("_")[0]
@@ -83,11 +107,11 @@ def build_specs(table: Optional[types.Table], key: str, *, max_tokens: int,
   return specs
 
 
-def _new_spec(table: types.Table, name: str, max_tokens: int,
+def _new_spec(table: types.Table, name: str, max_tokens: int, text_max_tokens: int,
               num_oov_buckets: int) -> FeatureSpec:
   kind = table.kinds.get(name, types.TOKEN)
-  spec = FeatureSpec(name, kind, Vocabulary([], num_oov_buckets),
-                     max_tokens if kind == types.TOKEN_SEQ else 1)
+  width = {types.TOKEN_SEQ: max_tokens, types.TEXT: text_max_tokens}.get(kind, 1)
+  spec = FeatureSpec(name, kind, Vocabulary([], num_oov_buckets), width)
   spec.vocab = Vocabulary.build(raw_feature_matrix(table.columns[name], spec).reshape(-1),
                                 num_oov_buckets)
   return spec

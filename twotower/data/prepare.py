@@ -121,6 +121,9 @@ def prepare(raw: types.RawDataset, config: DataConfig,
     raise types.DataError("no interactions", path=inter.path)
   key_values = lambda table, key: (table.columns[key] if table is not None
                                    else np.zeros(0, object))
+  if config.text_features:
+    features_lib.declare_text([raw.user_features, raw.item_features], config.text_features,
+                              "--item_features or --user_features")
   user_ids = np.concatenate([inter.user_id, key_values(raw.user_features, "user_id")])
   item_ids = np.concatenate([inter.item_id, key_values(raw.item_features, "item_id")])
   if base is None:
@@ -131,10 +134,12 @@ def prepare(raw: types.RawDataset, config: DataConfig,
   user_specs = features_lib.build_specs(raw.user_features, "user_id",
                                         max_tokens=config.max_tokens,
                                         num_oov_buckets=config.num_oov_buckets,
+                                        text_max_tokens=config.text_max_tokens,
                                         base=base.user_specs if base else None)
   item_specs = features_lib.build_specs(raw.item_features, "item_id",
                                         max_tokens=config.max_tokens,
                                         num_oov_buckets=config.num_oov_buckets,
+                                        text_max_tokens=config.text_max_tokens,
                                         base=base.item_specs if base else None)
   user_features = features_lib.encode_table(raw.user_features, "user_id", user_vocab, user_specs)
   item_features = features_lib.encode_table(raw.item_features, "item_id", item_vocab, item_specs)

@@ -31,6 +31,9 @@ class DataError(UserError, ValueError):
 # tokens separated by spaces or '|' (RecBole's ``token_seq``; genres, title words).
 TOKEN = "token"
 TOKEN_SEQ = "token_seq"
+# Free text named by --text_features (titles, descriptions): tokenised by twotower.data.text
+# and encoded by the towers' text encoder.
+TEXT = "text"
 
 
 @dataclasses.dataclass
@@ -38,7 +41,7 @@ class Table:
   """A feature table: raw string columns plus where each row came from."""
   path: str
   columns: dict[str, np.ndarray]          # name -> object array of str
-  kinds: dict[str, str]                   # name -> TOKEN | TOKEN_SEQ
+  kinds: dict[str, str]                   # name -> TOKEN | TOKEN_SEQ | TEXT
   line_numbers: np.ndarray                # 1-based line of each row in `path`
   skipped: int = 0                        # bad rows skipped under allow_bad_rows
 

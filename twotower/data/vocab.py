@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 PAD = 0
+# The first OOV bucket: the id an item the towers never trained on reads (ItemTower).
+FIRST_OOV = 1
 
 
 class Vocabulary:

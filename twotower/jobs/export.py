@@ -140,8 +140,9 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
                 "brute_force": "exact top-k item ids and scores",
                 "embed": "user embedding"},
             "inputs": {"user_id": "string [B]", "history": "string [B, L] ('' padded)",
-                       **{s.name: "string [B]" + (" (space/'|'-separated tokens)"
-                                                  if s.kind == types.TOKEN_SEQ else "")
+                       **{s.name: "string [B]" + {
+                           types.TOKEN_SEQ: " (space/'|'-separated tokens)",
+                           types.TEXT: " (free text)"}.get(s.kind, "")
                           for s in run.data.user_features.specs},
                        "k": "int32 scalar (serving_default, brute_force)"},
             "shared_name": _shared_name(index_meta)},

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from twotower.data import types
+from twotower.data import text, types
 from twotower.data.features import SEPARATORS
 from twotower.data.pipeline import HISTORY
 from twotower.data.vocab import PAD, Vocabulary
@@ -82,6 +82,8 @@ class _RawRanker(tf.Module):
       raw = inputs[s.name]
       if s.kind == types.TOKEN_SEQ:
         raw = tokenize_in_graph(raw, s.max_tokens)
+      elif s.kind == types.TEXT:
+        raw = text.tokenize_tf(raw, s.max_tokens)
       user[s.name] = tf.cast(self.feature_lookups[s.name](raw), tf.int32)
     user["user_id"] = tf.cast(user["user_id"], tf.int32)
     item_ids = inputs["item_ids"]

@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
+from twotower import config as config_lib
 from twotower.config import LossConfig
 from twotower.data.pipeline import HISTORY, FeatureGather
 from twotower.data.vocab import PAD
@@ -347,7 +348,11 @@ class TwoTowerModel(tfrs.Model):
 
 def build_retrieval_model(data, config) -> TwoTowerModel:
   """Towers, queue and loss for a prepared dataset and a twotower.config.Config."""
-  item_tower = ItemTower(len(data.item_vocab), data.item_features.specs, config.model)
+  id_dropout = config_lib.item_id_dropout(config)
+  trained = np.zeros(len(data.item_vocab), bool)
+  trained[data.item_vocab.offset:] = data.train_item_counts() > 0
+  item_tower = ItemTower(len(data.item_vocab), data.item_features.specs, config.model,
+                         id_dropout=id_dropout, trained=trained, seed=config.train.seed)
   user_tower = UserTower(len(data.user_vocab), data.user_features.specs, config.model,
                          item_tower.id_embedding)
   queue_size = resolve_queue_size(config.loss, config.train.batch_size, data.num_items)

@@ -8,7 +8,7 @@ the temperature alone sets the softmax's sharpness.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tf_keras
@@ -17,7 +17,8 @@ from twotower.config import ModelConfig
 from twotower.data import types
 from twotower.data.features import FeatureSpec
 from twotower.data.pipeline import HISTORY
-from twotower.data.vocab import PAD
+from twotower.data.vocab import FIRST_OOV, PAD
+from twotower.model.text_encoder import TextEncoder
 
 
 def masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
@@ -28,21 +29,33 @@ def masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
 
 
 class FeatureEmbeddings(tf_keras.layers.Layer):
-  """Embeds every side feature of one entity kind and concatenates the results."""
+  """Embeds every side feature of one entity kind and concatenates the results: a token
+  through its embedding, a token sequence as the mean of its tokens', a text through the
+  ``text`` config's encoder (without one, as the mean of its tokens': the ranking head)."""
 
-  def __init__(self, specs: Sequence[FeatureSpec], dim: int, **kwargs):
+  def __init__(self, specs: Sequence[FeatureSpec], dim: int,
+               text: Optional[ModelConfig] = None, **kwargs):
     super().__init__(**kwargs)
     self._specs = [(s.name, s.kind) for s in specs]
+    self._encoded = {s.name for s in specs if s.kind == types.TEXT and text is not None}
     self._embeddings = {
-        s.name: tf_keras.layers.Embedding(len(s.vocab), dim, name=f"{s.name}_embedding")
+        s.name: (TextEncoder(len(s.vocab), text, name=f"{s.name}_text")
+                 if s.name in self._encoded and text is not None else
+                 tf_keras.layers.Embedding(len(s.vocab), dim, name=f"{s.name}_embedding"))
         for s in specs}
+
+  def table(self, name: str) -> tf.Variable:
+    """The embedding table over feature ``name``'s vocabulary (one row per token id)."""
+    layer = self._embeddings[name]
+    return (layer.embedding if isinstance(layer, TextEncoder) else layer).embeddings
 
   def call(self, features: dict) -> list[tf.Tensor]:
     out = []
     for name, kind in self._specs:
       ids = features[name]
       emb = self._embeddings[name](ids)
-      out.append(masked_mean(emb, ids) if kind == types.TOKEN_SEQ else emb)
+      pooled = kind != types.TOKEN and name not in self._encoded
+      out.append(masked_mean(emb, ids) if pooled else emb)
     return out
 
 
@@ -64,7 +77,7 @@ class _Tower(tf_keras.Model):
     super().__init__(**kwargs)
     self._key = key
     self.id_embedding = id_embedding
-    self.features = FeatureEmbeddings(specs, config.feature_embedding_dim)
+    self.features = FeatureEmbeddings(specs, config.feature_embedding_dim, config)
     self.mlp = mlp(config.user_layers if key == "user_id" else config.item_layers,
                    config.embedding_dim, config.dropout, name=f"{self.name}_mlp")
     self._normalize = config.l2_normalize
@@ -72,19 +85,47 @@ class _Tower(tf_keras.Model):
   def extra_inputs(self, features: dict) -> list[tf.Tensor]:
     return []
 
+  def embedding_ids(self, ids: tf.Tensor, training) -> tf.Tensor:
+    """The rows of ``id_embedding`` that ``ids`` read (the ids themselves)."""
+    return ids
+
   def call(self, features: dict, training=False) -> tf.Tensor:
-    parts = [self.id_embedding(features[self._key])]
+    parts = [self.id_embedding(self.embedding_ids(features[self._key], training))]
     parts += self.features(features) + self.extra_inputs(features)
     out = self.mlp(tf.concat(parts, axis=-1), training=training)
     return tf.math.l2_normalize(out, axis=-1) if self._normalize else out
 
 
 class ItemTower(_Tower):
+  """With ``id_dropout`` > 0 (``--item_id_dropout``) a share of the training rows read the
+  OOV row instead of their item's, and items with no training events (``trained`` False:
+  cold items) always read it, so a cold item is embedded from its features and text through
+  a trained row rather than an untrained one of its own. The export's ``item_model`` looks
+  unknown ids up as that same OOV row."""
 
-  def __init__(self, num_items: int, specs: Sequence[FeatureSpec], config: ModelConfig):
+  def __init__(self, num_items: int, specs: Sequence[FeatureSpec], config: ModelConfig,
+               id_dropout: float = 0.0, trained=None, seed: int = 0):
     embedding = tf_keras.layers.Embedding(num_items, config.id_embedding_dim,
                                           name="item_id_embedding")
     super().__init__("item_id", embedding, specs, config, name="item_tower")
+    self._id_dropout = id_dropout
+    # A variable, not a constant: checkpoints carry the mask of the data the weights were
+    # trained on (the refit's is wider than its selection run's).
+    self.trained_ids = (None if id_dropout == 0 or trained is None
+                        else tf.Variable(trained, trainable=False, name="trained_ids"))
+    # Stateful and tracked, so the dropout draws are checkpointed and a resumed run
+    # continues the same sequence.
+    self._dropout_rng = (tf.random.Generator.from_seed(seed)
+                         if id_dropout > 0 else None)
+
+  def embedding_ids(self, ids: tf.Tensor, training) -> tf.Tensor:
+    oov = tf.constant(FIRST_OOV, ids.dtype)
+    if self.trained_ids is not None:
+      ids = tf.where(tf.gather(self.trained_ids, ids), ids, oov)
+    if training and self._dropout_rng is not None:
+      drop = self._dropout_rng.uniform(tf.shape(ids)) < self._id_dropout
+      ids = tf.where(drop, oov, ids)
+    return ids
 
 
 class UserTower(_Tower):

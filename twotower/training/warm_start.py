@@ -52,7 +52,9 @@ _FROM_BEST = ("model/user_tower/", "model/item_tower/")
 # step count from 0 (early stopping, the refit's length and --step_limit count this run's
 # steps; the moments are kept, and Adam's bias correction restarting with them makes the
 # first few hundred steps smaller ones).
-_NOT_CARRIED = ("optimizer/_learning_rate", "optimizer/_iterations")
+_NOT_CARRIED = ("optimizer/_learning_rate", "optimizer/_iterations",
+                # which items this run's own training data has (ItemTower.trained_ids)
+                "model/item_tower/trained_ids")
 INIT = "warm_init"   # under checkpoints/: the warm-started state, for the refit
 
 
@@ -165,8 +167,7 @@ def _tables(model, parent: Parent, data: prepare_lib.PreparedData) -> dict:
                                (model.item_tower, parent.vocab.item_specs, data.item_features)):
     parents = {s.name: s.vocab for s in theirs}
     for spec in table.specs:
-      layer = tower.features._embeddings[spec.name]
-      tables[layer.embeddings.ref()] = (parents[spec.name], spec.vocab)
+      tables[tower.features.table(spec.name).ref()] = (parents[spec.name], spec.vocab)
   return tables
 
 
