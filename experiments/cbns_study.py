@@ -6,8 +6,16 @@ test split with the exact protocol: early stopping on validation Recall@20, or, 
 ``B:M[:logq[:B']][@steps][+field=value...]`` strings: B the batch size, M the queue size
 (0 = in-batch only), logq ``on`` (default) or ``off``, B' mixed negatives per step (default
 0), an optional step limit of this variant's own (e.g. the in-batch run given the wall time
-of a CBNS run), and any loss or train config field set for this variant alone
-(``256:2048+queue_decoupled=true``, ``256:0+learning_rate=0.001``).
+of a CBNS run), and any model, loss or train config field set for this variant alone
+(``256:2048+queue_decoupled=true``, ``256:0+learning_rate=0.001``, ``256:0+text_encoder=cnn``).
+Every twotower-train flag (every Config field) sets the base configuration of all variants,
+so the text features and synthetic titles come in as on twotower-train
+(``--synthetic_title_tokens=32 --text_features=title --text_encoder=attention``); a
+variant's B, M, logQ, B' and steps override ``--batch_size``, ``--queue_size``, ``--logq``,
+``--mixed_negatives`` and ``--step_limit``. The study defaults to ``--refit=none`` (the test
+figures are the selection model's either way). ``--eval_every_steps=N`` validates every N
+steps inside each run, so the Recall@20 curves have points within an epoch; with it, set
+``--patience`` and ``--lr_plateau_patience`` high to keep fixed-length runs fixed.
 Wall-clock figures share one machine and process, run one after the other, so compare them
 within a run only; peak memory is the process's resident high-water mark during the run.
 
@@ -30,27 +38,22 @@ import peak_memory
 from absl import app, flags
 
 import twotower  # noqa: F401
+from twotower.cli import flags as flags_lib
 from twotower.config import Config
 from twotower.data import prepare as prepare_lib
 from twotower.jobs import train as train_job
 
-flags.DEFINE_string("dataset", "movielens-100k", "Built-in dataset.")
+flags_lib.define_config_flags()   # every Config field is a flag, as on twotower-train
+flags.DEFINE_alias("mixed_distribution", "mixed_negatives_distribution")
 flags.DEFINE_list("variants", ["512:0", "512:512", "512:2048", "512:0:off", "512:2048:off"],
                   "B:M[:logq[:B']][@steps][+field=value...] per run.")
-flags.DEFINE_integer("epochs", 30, "Epoch cap (early stopping usually ends runs sooner).")
-flags.DEFINE_integer("step_limit", 0, "Steps per run (0: early stopping ends runs).")
-flags.DEFINE_string("mixed_distribution", "uniform", "Corpus sampling of mixed negatives.")
-flags.DEFINE_integer("synthetic_users", 5000, "Synthetic dataset size.")
-flags.DEFINE_integer("synthetic_items", 2000, "Synthetic dataset size.")
-flags.DEFINE_integer("synthetic_interactions", 100_000, "Synthetic dataset size.")
-flags.DEFINE_integer("synthetic_clusters", 20, "Synthetic topics (more: harder negatives).")
-flags.DEFINE_float("synthetic_affinity_temperature", 0.2,
-                   "Synthetic preference temperature (smaller: more peaked).")
-flags.DEFINE_integer("seed", 0, "Seed shared by every run.")
-flags.DEFINE_float("learning_rate", None, "Learning rate of every run (default: Config's).")
 flags.DEFINE_string("output", None, "Also write the JSON report here.")
 flags.DEFINE_string("plot_prefix", None, "Write PREFIX_recall_vs_time.png and PREFIX_drift.png "
                     "(needs the experiments extra: matplotlib).")
+# The study compares training runs: no refit (the test figures are the selection model's
+# either way), no progress bars.
+flags.FLAGS.set_default("refit", "none")
+flags.FLAGS.set_default("progress", False)
 FLAGS = flags.FLAGS
 
 REPORTED = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20")
@@ -78,9 +81,10 @@ class Variant:
 
 
 def _override(text: str) -> tuple:
-  """("section.field", value) of a ``field=value`` variant suffix, typed by the field."""
+  """("section.field", value) of a ``field=value`` variant suffix, typed by the field: any
+  model, loss or train field (the data is prepared once, so data fields are the flags')."""
   name, _, value = text.partition("=")
-  for section in ("loss", "train"):
+  for section in ("model", "loss", "train"):
     default = getattr(getattr(Config(), section), name, None)
     if default is not None and not isinstance(default, (tuple, list)):
       if isinstance(default, bool):
@@ -103,34 +107,25 @@ def parse_variant(text: str) -> Variant:
                    dict(map(_override, extra)))
   except ValueError:
     raise flags.ValidationError(
-        f"--variants entries are B:M[:on|off[:B']][@steps][+field=value...] with loss or "
-        f"train config fields, got {'+'.join([text] + extra)!r}") from None
+        f"--variants entries are B:M[:on|off[:B']][@steps][+field=value...] with model, "
+        f"loss or train config fields, got {'+'.join([text] + extra)!r}") from None
 
 
 def _config() -> Config:
-  config = Config()
-  config.data = dataclasses.replace(
-      config.data, dataset=FLAGS.dataset, synthetic_users=FLAGS.synthetic_users,
-      synthetic_items=FLAGS.synthetic_items,
-      synthetic_interactions=FLAGS.synthetic_interactions,
-      synthetic_clusters=FLAGS.synthetic_clusters,
-      synthetic_affinity_temperature=FLAGS.synthetic_affinity_temperature)
-  return config
+  """The flags' Config (every twotower-train flag applies to every variant)."""
+  return flags_lib.config_from_flags()
 
 
 def run_variant(data, v: Variant) -> dict:
   config = _config()
-  config.train = dataclasses.replace(config.train, batch_size=v.batch_size, epochs=FLAGS.epochs,
-                                     seed=FLAGS.seed, progress=False,
-                                     step_limit=v.step_limit or FLAGS.step_limit)
+  config.train = dataclasses.replace(config.train, batch_size=v.batch_size,
+                                     step_limit=v.step_limit or config.train.step_limit)
   config.loss = dataclasses.replace(config.loss, queue_size=v.queue_size, logq=v.logq,
-                                    mixed_negatives=v.mixed_negatives,
-                                    mixed_negatives_distribution=FLAGS.mixed_distribution)
-  if FLAGS.learning_rate is not None:
-    config.train.learning_rate = FLAGS.learning_rate
+                                    mixed_negatives=v.mixed_negatives)
   for key, value in v.overrides.items():
     section, name = key.split(".")
     setattr(getattr(config, section), name, value)
+  config.validate()
   peak_memory.reset_peak_rss()
   before = peak_memory.status_bytes("VmRSS")
   with tempfile.TemporaryDirectory() as workdir:
@@ -155,7 +150,7 @@ def run_variant(data, v: Variant) -> dict:
           "peak_rss_increase_mb": round(peak / 2**20),
           "test": {k: round(final["test"][k], 4) for k in REPORTED},
           "valid_recall@20": round(final["valid"]["recall@20"], 4),
-          "curve": [{"train_seconds": round(float(t), 2),
+          "curve": [{"step": e["step"], "train_seconds": round(float(t), 2),
                      "valid_recall@20": e["valid"]["recall@20"]}
                     for t, e in zip(elapsed, epochs)],
           "drift": log.get("drift", [])}
@@ -173,18 +168,19 @@ def main(argv):
     print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("curve", "drift")}),
           flush=True)
   print("\n| B | M | logQ | B' | other | steps | test R@10 | R@20 | R@50 | R@100 | NDCG@10 | "
-        "step ms | train s | peak MB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "step ms | ex/s | train s | wall s | peak MB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     t = r["test"]
     print(f"| {r['batch_size']} | {r['queue_size']} | {'on' if r['logq'] else 'off'} | "
           f"{r['mixed_negatives']} | {r['other']} | {r['steps']} | {t['recall@10']:.4f} | "
           f"{t['recall@20']:.4f} | {t['recall@50']:.4f} | {t['recall@100']:.4f} | "
-          f"{t['ndcg@10']:.4f} | {r['step_ms']} | {r['train_seconds']} | "
-          f"{r['peak_rss_increase_mb']} |")
+          f"{t['ndcg@10']:.4f} | {r['step_ms']} | {r['median_examples_per_second']} | "
+          f"{r['train_seconds']} | {r['wall_seconds']} | {r['peak_rss_increase_mb']} |")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
-      json.dump({"dataset": FLAGS.dataset, "runs": rows}, f, indent=2)
+      json.dump({"dataset": FLAGS.dataset, "config": json.loads(config.to_json()),
+                 "data": data.stats, "runs": rows}, f, indent=2)
   if FLAGS.plot_prefix:
     plot(rows, FLAGS.plot_prefix)
 
