@@ -33,6 +33,17 @@ Generative model (all under one seed):
     distribution of heavy users relative to ``log_probs``.
   * Labels are 1-5 ratings from the standardised affinity plus noise. Timestamps spread
     each user's events over a random active period; a few share a second.
+  * Titles (``title_tokens`` > 0): each topic (cluster) has its own words, Zipf-like,
+    and shares some with its nearest topic; an item's title mixes its cluster's words,
+    some of its second topic's (the other centroid nearest its factor) and function words
+    common to all topics. The words alone name the item's cluster for most items, not all
+    (``title_topic_counts``: ~77% / 87% / 91% of items at 8 / 16 / 32 words); they are
+    drawn from their own stream, so the rest of the data is the same with or without them.
+  * Cold items (``cold_items``, a share): they stay in the catalogue and in the sampler's
+    distribution, but an event that the per-user temporal split (``split_*``: the one
+    ``prepare`` will run) puts in training never picks one, so a cold item's events are
+    all validation or test targets, late in their users' timelines. Event counts per user
+    and timestamps' law do not change; ``log_probs`` stays the oracle of held-out events.
 
 Output is grouped by user, time-ordered within user; ids are "u<k>" / "i<k>" where k is
 the row in the ground-truth arrays. Generation is vectorised, runs in chunks on a thread
@@ -598,66 +609,79 @@ def title_topic_counts(titles: np.ndarray, cfg: SyntheticConfig) -> np.ndarray:
   return counts
 
 
-def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
+def _zipf_table(n: int, exponent: float) -> np.ndarray:
+  """Ranks [0, n) at 2^16 quantiles of a Zipf law: a draw is a uint16 table look-up
+  (cheaper than a search; the rarest rank of a few hundred keeps its share to ~1e-5)."""
   cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -exponent)
-  return (cdf / cdf[-1]).astype(np.float32)
+  quantiles = (np.arange(1 << 16) + 0.5) / (1 << 16)
+  return np.minimum(np.searchsorted(cdf / cdf[-1], quantiles), n - 1).astype(np.int32)
 
 
-def _titles(cfg: SyntheticConfig, truth: dict) -> np.ndarray:
-  """Object array of one title per item (words joined by spaces).
+@dataclasses.dataclass
+class _TitleModel:
+  """What every unit of title items reads (shared, read-only)."""
+  neighbour: np.ndarray       # [K] int64: each topic's nearest other topic
+  topic_rank: np.ndarray      # [2^16] int32: Zipf ranks within a topic
+  pool_rank: np.ndarray       # [2^16] int32: Zipf ranks within FUNCTION_WORDS
+  word_bytes: np.ndarray      # [V, width + 1] uint8: zero-padded words, then a space
+
+
+def _title_model(cfg: SyntheticConfig, centroids: np.ndarray) -> _TitleModel:
+  near = centroids @ centroids.T
+  np.fill_diagonal(near, -np.inf)
+  vocab = title_words(cfg).astype(np.bytes_)
+  width = vocab.dtype.itemsize
+  word_bytes = np.full((len(vocab), width + 1), ord(" "), np.uint8)
+  word_bytes[:, :width] = vocab.view(np.uint8).reshape(len(vocab), width)
+  return _TitleModel(
+      neighbour=(np.argmax(near, axis=1) if len(centroids) > 1
+                 else np.zeros(1, np.int64)),
+      topic_rank=_zipf_table(cfg.title_topic_words, cfg.title_word_exponent),
+      pool_rank=_zipf_table(len(FUNCTION_WORDS), cfg.title_word_exponent),
+      word_bytes=word_bytes)
+
+
+def _title_unit(cfg: SyntheticConfig, truth: dict, model: _TitleModel, unit: int,
+                out: np.ndarray) -> None:
+  """Titles of items [unit U, (unit + 1) U) (U = _TITLE_ITEMS), written into ``out``.
 
   Each word is a function word (share ``title_noise``) or a topic word; a topic word comes
   from the item's cluster or, with probability m_i ~ U(0, title_mix), from its second
   topic (the other centroid nearest to its factor: the title hints at its sub-genre);
   then, with probability ``title_neighbour_share``, from that topic's nearest topic's
-  list (neighbouring topics share words); then a Zipf rank within the list. Work units of
-  items draw from their own seeds, as the event chunks do.
+  list (neighbouring topics share words); then a Zipf rank within the list. Each unit
+  draws from its own seed, as the event chunks do.
   """
   K, W, T = cfg.num_clusters, cfg.title_topic_words, cfg.title_tokens
-  N = cfg.num_items
-  centroids, cluster = truth["cluster_centroids"], truth["item_cluster"].astype(np.int64)
-  near = centroids @ centroids.T
-  np.fill_diagonal(near, -np.inf)
-  neighbour = np.argmax(near, axis=1) if K > 1 else np.zeros(1, np.int64)
-  topic_cdf = _zipf_cdf(W, cfg.title_word_exponent)
-  pool_cdf = _zipf_cdf(len(FUNCTION_WORDS), cfg.title_word_exponent)
-  # Words as a zero-padded byte matrix with a separator column: a title is a gather.
-  vocab = title_words(cfg).astype(np.bytes_)
-  width = vocab.dtype.itemsize
-  word_bytes = np.full((len(vocab), width + 1), ord(" "), np.uint8)
-  word_bytes[:, :width] = vocab.view(np.uint8).reshape(len(vocab), width)
-  out = np.empty(N, object)
-  for chunk, lo in enumerate(range(0, N, _TITLE_ITEMS)):
-    hi = min(N, lo + _TITLE_ITEMS)
-    rng = _rng(cfg.seed, 4, chunk)
-    k = cluster[lo:hi]
-    n = hi - lo
-    if K > 1:
-      sim = _dot(truth["item_factors"][lo:hi], centroids.T)
-      sim[np.arange(n), k] = -np.inf
-      second = np.argmax(sim, axis=1)
-    else:
-      second = k
-    mix = np.float32(cfg.title_mix) * rng.random(n, dtype=np.float32)
-    topic = np.where(rng.random((n, T), dtype=np.float32) < mix[:, None],
-                     second[:, None], k[:, None])
-    topic = np.where(rng.random((n, T), dtype=np.float32) < cfg.title_neighbour_share,
-                     neighbour[topic], topic)
-    rank = np.minimum(np.searchsorted(topic_cdf, rng.random((n, T), dtype=np.float32),
-                                      side="right"), W - 1)
-    pool = np.minimum(np.searchsorted(pool_cdf, rng.random((n, T), dtype=np.float32),
-                                      side="right"), len(FUNCTION_WORDS) - 1)
-    word = np.where(rng.random((n, T), dtype=np.float32) < cfg.title_noise,
-                    K * W + pool, topic * W + rank)
-    text = word_bytes[word]                                    # [n, T, width + 1]
-    text[:, -1, -1] = ord("\n")
-    flat = text.ravel()
-    out[lo:hi] = flat[flat != 0].tobytes().decode("ascii").split("\n")[:-1]
-  return out
+  lo = unit * _TITLE_ITEMS
+  hi = min(cfg.num_items, lo + _TITLE_ITEMS)
+  n = hi - lo
+  rng = _rng(cfg.seed, 4, unit)
+  k = truth["item_cluster"][lo:hi].astype(np.int64)
+  second = k
+  if K > 1:
+    sim = _dot(truth["item_factors"][lo:hi], truth["cluster_centroids"].T)
+    sim[np.arange(n), k] = -np.inf
+    second = np.argmax(sim, axis=1)
+  mix = np.float32(cfg.title_mix) * rng.random(n, dtype=np.float32)
+  topic = np.where(rng.random((n, T), dtype=np.float32) < mix[:, None],
+                   second[:, None], k[:, None])
+  topic = np.where(rng.random((n, T), dtype=np.float32) < cfg.title_neighbour_share,
+                   model.neighbour[topic], topic)
+  quantile = rng.integers(0, 1 << 16, (2, n, T), dtype=np.uint16)
+  word = np.where(rng.random((n, T), dtype=np.float32) < cfg.title_noise,
+                  K * W + np.take(model.pool_rank, quantile[0]),
+                  topic * W + np.take(model.topic_rank, quantile[1]))
+  # A title is a gather of padded words; dropping the padding leaves "w w w\n" lines.
+  text = np.take(model.word_bytes, word, axis=0)               # [n, T, width + 1]
+  text[:, -1, -1] = ord("\n")
+  flat = text.ravel()
+  out[lo:hi] = flat[flat != 0].tobytes().decode("ascii").split("\n")[:-1]
 
 
 def _side_tables(cfg: SyntheticConfig, truth: dict, user_names: np.ndarray,
-                 item_names: np.ndarray) -> tuple[types.Table, types.Table]:
+                 item_names: np.ndarray,
+                 titles: Optional[np.ndarray]) -> tuple[types.Table, types.Table]:
   """User table (segment, region) and item table (category, tags, price_bucket)."""
   rng = _rng(cfg.seed, 2)
   N, K, T = cfg.num_items, cfg.num_clusters, cfg.tags_per_cluster
@@ -692,8 +716,8 @@ def _side_tables(cfg: SyntheticConfig, truth: dict, user_names: np.ndarray,
                   "category": ids("c", K)[category],
                   "tags": tags.astype(object),
                   "price_bucket": ids("p", cfg.num_price_buckets)[truth["item_price_bucket"]]}
-  if cfg.title_tokens:
-    item_columns["title"] = _titles(cfg, truth)
+  if titles is not None:
+    item_columns["title"] = titles
   items = table(item_columns)
   return users, items
 
@@ -715,12 +739,20 @@ def generate(config: Optional[SyntheticConfig] = None) -> SyntheticData:
 
   # Chunks and side tables fill disjoint outputs from their own seeds, so the result does
   # not depend on the thread count or the order they run in.
+  titles = np.empty(cfg.num_items, object) if cfg.title_tokens else None
   with concurrent.futures.ThreadPoolExecutor(_num_threads(cfg)) as pool:
-    tables = pool.submit(_side_tables, cfg, truth, user_names, item_names)
+    title_jobs = []
+    if titles is not None:
+      model = _title_model(cfg, truth["cluster_centroids"])
+      title_jobs = [pool.submit(_title_unit, cfg, truth, model, unit, titles)
+                    for unit in range(-(-cfg.num_items // _TITLE_ITEMS))]
     user_id_job = pool.submit(
         lambda: user_names[np.repeat(np.arange(cfg.num_users), np.diff(world.user_start))])
     jobs = [pool.submit(_sample_chunk, world, cfg, c, lo, hi, item, timestamp, affinity)
             for c, (lo, hi) in enumerate(_chunks(world.user_start, cfg.chunk_size))]
+    for job in title_jobs:
+      job.result()
+    tables = pool.submit(_side_tables, cfg, truth, user_names, item_names, titles)
     for job in jobs:
       job.result()
     user_table, item_table = tables.result()
