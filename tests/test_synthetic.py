@@ -294,7 +294,7 @@ def _prepared(**knobs):
   return raw, prepare.prepare(raw, config)
 
 
-@pytest.mark.parametrize("split", [{}, dict(valid_fraction=0.2, test_fraction=0.05)])
+@pytest.mark.parametrize("split", [{}, dict(valid_fraction=0.05, test_fraction=0.05)])
 def test_cold_items_have_no_training_events_but_have_held_out_targets(split):
   """--synthetic_cold_items: that share of the items never occurs in the training split of
   the per-user temporal split (any fractions) but does in validation and test, so the cold
