@@ -191,3 +191,20 @@ def test_a_text_run_trains_and_warm_starts_with_the_text_vocabulary_kept(tmp_pat
   after = init.get_tensor(key)
   assert after.shape[0] >= before.shape[0]
   np.testing.assert_array_equal(after[:before.shape[0]], before)   # old tokens keep rows
+
+
+def test_the_automatic_queue_is_on_only_for_items_with_an_order_aware_text_encoder():
+  from conftest import tiny_config
+
+  from twotower.model import retrieval
+  config = tiny_config()
+  config.loss.queue_size = -1
+  config.data.synthetic_items = 3000       # a catalogue large enough for a queue of B
+  config.data.text_features = ("tags",)
+  data = prepare.prepare(prepare.load_raw(config.data), config.data)
+  sizes = {}
+  for kind in ("mean", "cnn", "attention"):
+    config.model.text_encoder = kind
+    model = retrieval.build_retrieval_model(data, config)
+    sizes[kind] = model.task.queue.size if model.task.queue is not None else 0
+  assert sizes == {"mean": 0, "cnn": 375, "attention": 375}
