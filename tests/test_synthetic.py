@@ -270,7 +270,7 @@ def test_titles_have_n_words_that_carry_the_topic_noisily():
 
 
 def test_titles_are_seeded_and_leave_the_rest_of_the_data_unchanged():
-  cfg = dict(SMALL, num_items=40_000, title_tokens=6)    # several title work units
+  cfg = dict(SMALL, num_items=20_000, title_tokens=6)    # two title work units
   one = synthetic.generate(synthetic.SyntheticConfig(**cfg))
   titles = one.dataset.item_features.columns["title"]
   np.testing.assert_array_equal(
