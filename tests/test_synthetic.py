@@ -270,7 +270,7 @@ def test_titles_have_n_words_that_carry_the_topic_noisily():
 
 
 def test_titles_are_seeded_and_leave_the_rest_of_the_data_unchanged():
-  cfg = dict(SMALL, num_items=20_000, title_tokens=6)    # two title work units
+  cfg = dict(SMALL, num_items=2 * synthetic._TITLE_ITEMS, title_tokens=6)   # two units
   one = synthetic.generate(synthetic.SyntheticConfig(**cfg))
   titles = one.dataset.item_features.columns["title"]
   np.testing.assert_array_equal(
@@ -278,7 +278,7 @@ def test_titles_are_seeded_and_leave_the_rest_of_the_data_unchanged():
       .dataset.item_features.columns["title"])
   other = synthetic.generate(synthetic.SyntheticConfig(**cfg, seed=1))
   assert np.mean(titles == other.dataset.item_features.columns["title"]) < 0.01
-  # The same work unit size must not repeat titles across units.
+  # Units draw from their own seeds: equal-sized ones must not repeat their titles.
   assert len(np.unique(titles)) == len(titles)
   plain = synthetic.generate(synthetic.SyntheticConfig(**dict(cfg, title_tokens=0)))
   assert "title" not in plain.dataset.item_features.columns
