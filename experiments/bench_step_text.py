@@ -168,6 +168,7 @@ def plot(table: dict, path: str, title: str) -> None:
           linestyle="--", label="bare products floor (numpy)")
   ax.axhline(1.25, color="grey", linewidth=0.8, linestyle=":", label="issue 16's bar, 1.25x")
   ax.set_xlabel("text encoder (kind:text_dim:heads:layers)")
+  ax.tick_params(axis="x", labelsize=7, labelrotation=15)
   ax.set_ylabel("step time / in-batch step time")
   ax.set_title(title)
   ax.legend(fontsize=7)
