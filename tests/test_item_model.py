@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from twotower import export_artifacts as export_lib
 from twotower import serving
 from twotower.config import Config
 from twotower.data import synthetic
@@ -214,3 +215,12 @@ def test_live_recommender_passes_add_items_through(run):
   assert "live-1" in set(live.current.item_ids)
   live.reload(run["bf"])   # a reload starts from the export on disk, which is unchanged
   assert "live-1" not in set(live.current.item_ids)
+
+
+def test_signature_input_names_are_keyword_arguments():
+  from types import SimpleNamespace
+  specs = [SimpleNamespace(name=n) for n in ("title", "class", "release year", "item_id",
+                                             "9lives", "class_")]
+  assert export_lib.input_names(specs, export_lib.ITEM_INPUTS) == {
+      "title": "title", "class": "class_", "release year": "release_year",
+      "item_id": "item_id_", "9lives": "f_9lives", "class_": "class__"}

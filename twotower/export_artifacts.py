@@ -6,7 +6,9 @@ Layout of ``export_dir`` (pinned in docs/design.md, "Artifact layout"):
 
   query_model/          SavedModel. Inputs are raw strings: ``user_id`` [B], ``history``
                         [B, L'] ('' padded, any L'), one [B] string per user feature
-                        (multi-valued ones as the raw space/'|'-separated string). Signatures:
+                        (multi-valued ones as the raw space/'|'-separated string; a column
+                        whose name is no Python identifier, or a keyword, is an input named
+                        as the manifest says: ``input_names``). Signatures:
                         ``serving_default`` (top-k item ids and scores through the ScaNN TF
                         ops, or exact when the index is brute force; [B, min(k, N)], slots
                         ScaNN left empty hold '' and -inf), ``brute_force`` (exact
@@ -56,11 +58,15 @@ from twotower.data.histories import latest_histories
 from twotower.data.vocab import FIRST_OOV, PAD, Vocabulary
 from twotower.export_layout import ITEM_FEATURES, MANIFEST, USER_DEFAULTS
 
-__all__ = ["ITEM_FEATURES", "MANIFEST", "USER_DEFAULTS", "SCANN_NAMESPACE", "build_item_module",
-           "build_query_module", "default_inputs", "item_inputs", "lookup_ids", "lookup_table",
-           "right_align", "tokenize", "user_defaults", "write_item_features"]
+__all__ = ["ITEM_FEATURES", "ITEM_INPUTS", "MANIFEST", "QUERY_INPUTS", "USER_DEFAULTS",
+           "SCANN_NAMESPACE", "build_item_module", "build_query_module", "default_inputs",
+           "input_names", "item_inputs", "lookup_ids", "lookup_table", "right_align", "tokenize",
+           "user_defaults", "write_item_features"]
 
 SCANN_NAMESPACE = "Scann"
+# The SavedModels' inputs besides the features (whose names avoid these).
+QUERY_INPUTS = ("user_id", "history", "k")
+ITEM_INPUTS = ("item_id",)
 
 
 # --------------------------------------------------------------------------- in-graph
@@ -124,12 +130,33 @@ def _feature_ids(spec, table, raw):
   return lookup_ids(table, spec.vocab.num_oov_buckets, raw)
 
 
-def _string_inputs(key: str, specs) -> dict:
-  """The signature's raw string inputs: the entity's id [B] and one [B] per feature."""
+def input_names(specs, reserved: tuple) -> dict[str, str]:
+  """Feature column -> its signature input's name. A signature's inputs are keyword
+  arguments, so a column that is no Python identifier, or a keyword (MovieLens' item column
+  ``class``), gets one: non-word characters as '_', then '_' appended until it is unique."""
+  import keyword
+  import re
+  taken = set(reserved)
+  out = {}
+  for s in specs:
+    name = s.name
+    if not name.isidentifier() or keyword.iskeyword(name) or name in taken:
+      name = re.sub(r"\W", "_", name, flags=re.ASCII)
+      name = name if name[:1].isalpha() else "f_" + name
+      while keyword.iskeyword(name) or name in taken:
+        name += "_"
+    taken.add(name)
+    out[s.name] = name
+  return out
+
+
+def _string_inputs(key: str, specs, reserved: tuple) -> dict:
+  """The signature's raw string inputs, keyed by column: the entity's id [B] and one [B]
+  per feature (named by ``input_names``)."""
   import tensorflow as tf
   spec = {key: tf.TensorSpec([None], tf.string, name=key)}
-  for s in specs:
-    spec[s.name] = tf.TensorSpec([None], tf.string, name=s.name)
+  for column, name in input_names(specs, reserved).items():
+    spec[column] = tf.TensorSpec([None], tf.string, name=name)
   return spec
 
 
@@ -182,7 +209,7 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
     module.scann_state = {k: tf.Variable(v, trainable=False, name=k) for k, v in assets.items()}
     scann = scann_ops
 
-  spec = _string_inputs("user_id", specs)
+  spec = _string_inputs("user_id", specs, QUERY_INPUTS)
   spec["history"] = tf.TensorSpec([None, None], tf.string, name="history")
   k_spec = dict(spec, k=tf.TensorSpec([], tf.int32, name="k"))
 
@@ -267,7 +294,7 @@ def build_item_module(item_tower, data):
     return {"embedding": tf.cast(item_tower(features, training=False), tf.float32)}
 
   module.embed = tf.function(tf.autograph.experimental.do_not_convert(embed),
-                             input_signature=[_string_inputs("item_id", specs)])
+                             input_signature=[_string_inputs("item_id", specs, ITEM_INPUTS)])
   return module, {"serving_default": module.embed.get_concrete_function()}
 
 
@@ -279,9 +306,9 @@ def item_inputs(specs, table: Optional[types.Table], item_ids) -> dict:
   if specs:
     assert table is not None, "item features come from an item table"
     rows = _table_rows(table, item_ids)
-  for s in specs:
-    column = np.asarray(table.columns[s.name], dtype=object)
-    out[s.name] = np.where(rows >= 0, column[np.maximum(rows, 0)], "").astype(str)
+    for s in specs:
+      column = np.asarray(table.columns[s.name], dtype=object)
+      out[s.name] = np.where(rows >= 0, column[np.maximum(rows, 0)], "").astype(str)
   return {key: tf.constant(value) for key, value in out.items()}
 
 

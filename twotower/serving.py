@@ -226,6 +226,8 @@ class Recommender:
     self.item_ids = np.asarray(item_ids, dtype=object)
     self.history_length = int(manifest["history_length"])
     self._features = [(f["name"], f["kind"]) for f in manifest["user_features"]]
+    # Signature input of each feature column (exports before "input": the column's name).
+    self._inputs_of = {f["name"]: f.get("input", f["name"]) for f in manifest["user_features"]}
     self._fields = {"user_id", "history"} | {name for name, _ in self._features}
     self._embed = query_model.signatures["embed"]
     self._item_index = pd.Index(self.item_ids)
@@ -239,7 +241,7 @@ class Recommender:
     # Item table column -> raw strings in corpus order (None: the export has no item table).
     self.item_features = None if item_features is None else {
         name: np.asarray(values, dtype=object) for name, values in item_features.items()}
-    self._item_fields = [(f["name"], f["kind"])
+    self._item_fields = [(f["name"], f["kind"], f["input"])
                          for f in (manifest.get("item_model") or {}).get("features", [])]
     self._item_model = None   # the item SavedModel's signature, loaded by the first add_items
     self._item_model_lock = threading.Lock()
@@ -344,7 +346,7 @@ class Recommender:
     out = {"user_id": np.array([u["user_id"] for u in users], dtype=object),
            "history": history}
     for name, _ in self._features:
-      out[name] = np.array([u[name] for u in users], dtype=object)
+      out[self._inputs_of[name]] = np.array([u[name] for u in users], dtype=object)
     return {key: tf.constant(value.astype(str)) for key, value in out.items()}
 
   def embed(self, users: Sequence[Mapping], batch_size: int = 1024) -> np.ndarray:
@@ -456,7 +458,7 @@ class Recommender:
   def item_fields(self) -> tuple:
     """The raw fields an item is given by (add_items, embed_items): item_id, then the item
     table's feature columns as in the item file."""
-    return ("item_id", *(name for name, _ in self._item_fields))
+    return ("item_id", *(name for name, _, _ in self._item_fields))
 
   def embed_items(self, items: Sequence[Mapping], batch_size: int = 1024) -> np.ndarray:
     """Item embeddings [B, D] of raw item dicts (see add_items), through the export's
@@ -521,7 +523,7 @@ class Recommender:
       if item.get("item_id") is None or item.get("item_id") == "":
         raise InputError(f"items[{where}]: item_id is required")
       entry: dict = {"item_id": _as_token(item["item_id"], f"items[{where}].item_id")}
-      for name, kind in self._item_fields:
+      for name, kind, _ in self._item_fields:
         value = item.get(name)
         entry[name] = None if value is None else _raw_value(value, kind,
                                                             f"items[{where}].{name}")
@@ -534,8 +536,9 @@ class Recommender:
     out = []
     for start in range(0, len(items), batch_size):
       chunk = items[start:start + batch_size]
-      inputs = {name: tf.constant(np.array([item[name] or "" for item in chunk], dtype=str))
-                for name in self.item_fields}
+      inputs = {key: tf.constant(np.array([item[name] or "" for item in chunk], dtype=str))
+                for name, key in [("item_id", "item_id")] + [
+                    (name, key) for name, _, key in self._item_fields]}
       out.append(embed(**inputs)["embedding"].numpy())
     dim = self.index.embeddings.shape[1]
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
@@ -586,7 +589,7 @@ class Recommender:
     with self._lock.reading():
       return self._recommend_batch(users, k, exclude_items, with_features)
 
-  def _recommend_batch(self, users, k, exclude_items, with_features) -> list[list]:
+  def _recommend_batch(self, users, k: int, exclude_items, with_features) -> list[list]:
     columns = self._feature_columns(with_features)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
       raise InputError(f"k must be a non-negative integer, got {k!r}")

@@ -131,7 +131,7 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
         "index": {k: index_meta[k] for k in ("kind", "metric", "num_items", "dim",
                                              "fingerprint", "params", "searcher_dir")},
         "history_length": history_length,
-        "user_features": [s.describe() for s in run.data.user_features.specs],
+        "user_features": _described(run.data.user_features.specs, export_lib.QUERY_INPUTS),
         "item_features": ({"path": ITEM_FEATURES, "columns": item_columns}
                           if item_columns is not None else None),
         "query_model": {
@@ -145,7 +145,8 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
                 "brute_force": "exact top-k item ids and scores",
                 "embed": "user embedding"},
             "inputs": {"user_id": "string [B]", "history": "string [B, L] ('' padded)",
-                       **_feature_inputs(run.data.user_features.specs),
+                       **_feature_inputs(run.data.user_features.specs,
+                                         export_lib.QUERY_INPUTS),
                        "k": "int32 scalar (serving_default, brute_force)"},
             "shared_name": _shared_name(index_meta)},
         "item_model": {
@@ -154,8 +155,9 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
             "signatures": {"serving_default": "item embedding [B, D] (\"embedding\")"},
             "inputs": {"item_id": "string [B] (an id the run does not know: a new item, "
                                   "embedded from its features)",
-                       **_feature_inputs(run.data.item_features.specs)},
-            "features": [s.describe() for s in run.data.item_features.specs]},
+                       **_feature_inputs(run.data.item_features.specs,
+                                         export_lib.ITEM_INPUTS)},
+            "features": _described(run.data.item_features.specs, export_lib.ITEM_INPUTS)},
         "ranking_model": ({"path": ranking_lib.SAVED_MODEL_DIR, "requires": ["tensorflow"],
                            "signatures": {"serving_default": "scores of candidate item ids"}}
                           if include_ranking else None),
@@ -168,11 +170,19 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
   return export_dir
 
 
-def _feature_inputs(specs) -> dict:
-  """A SavedModel's feature inputs as the manifest describes them."""
-  return {s.name: "string [B]" + {types.TOKEN_SEQ: " (space/'|'-separated tokens)",
-                                  types.TEXT: " (free text)"}.get(s.kind, "")
+def _feature_inputs(specs, reserved: tuple) -> dict:
+  """A SavedModel's feature inputs as the manifest describes them, by input name."""
+  names = export_lib.input_names(specs, reserved)
+  return {names[s.name]: "string [B]" + {types.TOKEN_SEQ: " (space/'|'-separated tokens)",
+                                         types.TEXT: " (free text)"}.get(s.kind, "")
+          + ("" if names[s.name] == s.name else f" (column {s.name})")
           for s in specs}
+
+
+def _described(specs, reserved: tuple) -> list[dict]:
+  """Each feature's spec, with the name of its SavedModel input ("input")."""
+  names = export_lib.input_names(specs, reserved)
+  return [dict(s.describe(), input=names[s.name]) for s in specs]
 
 
 def _copy_index(index_dir: str, tmp: str) -> dict:
