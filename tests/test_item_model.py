@@ -192,6 +192,37 @@ def test_added_items_are_retrievable_at_once(run, kind):
   assert len(everything) == n + 2 and len({i for i, _ in everything}) == n + 2
 
 
+def test_add_items_while_requests_are_served(run):
+  """Requests in 4 threads while items are added one by one to the ScaNN search: no
+  request fails or sees a half-added item, and every addition is there afterwards."""
+  import threading
+  rec = serving.Recommender.load(run["scann"], verify=False)
+  users = [{"user_id": str(u)} for u in rec.defaults["user_id"][:20]]
+  stop, errors = threading.Event(), []
+
+  def client(t):
+    while not stop.is_set():
+      try:
+        for recs in rec.recommend_batch(users[t::4], k=rec.index.num_items):
+          assert len({i for i, _ in recs}) == len(recs)
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(repr(e))
+        return
+
+  threads = [threading.Thread(target=client, args=(t,)) for t in range(4)]
+  for thread in threads:
+    thread.start()
+  try:
+    for i in range(60):
+      rec.add_items([{"item_id": f"live-{i}", "title": f"Sea Oak {i}"}])
+  finally:
+    stop.set()
+    for thread in threads:
+      thread.join()
+  assert not errors, errors[:3]
+  assert set(rec.item_ids[-60:]) == {f"live-{i}" for i in range(60)}
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"item_id": "x"}, "list of item dicts"),
     (["x"], r"items\[0\] must be a dict"),
