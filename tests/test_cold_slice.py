@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import tiny_config
+
 from twotower import evaluate
 from twotower.data.itemsets import ItemSets
 
