@@ -238,10 +238,13 @@ def test_queue_stores_the_step_candidates_minus_their_mean(centering):
     np.testing.assert_allclose(stored.mean(0), 0.0, atol=1e-5)
 
 
-def test_queue_size_auto_is_capped_by_catalogue():
-  assert resolve_queue_size(LossConfig(queue_size=-1), 256, 100_000) == 2048
-  assert resolve_queue_size(LossConfig(queue_size=-1), 256, 4000) == 500
-  assert resolve_queue_size(LossConfig(queue_size=-1), 512, 1682) == 0   # MovieLens-100K
+def test_queue_size_auto_is_on_with_a_text_encoder_and_capped_by_catalogue():
+  auto = LossConfig(queue_size=-1)
+  assert resolve_queue_size(auto, 256, 100_000, encoder_items=True) == 2048
+  assert resolve_queue_size(auto, 256, 4000, encoder_items=True) == 500
+  assert resolve_queue_size(auto, 512, 1682, encoder_items=True) == 0   # MovieLens-100K
+  # Id and token towers: the queue costs more than a larger batch, so auto is in-batch.
+  assert resolve_queue_size(auto, 1024, 1_000_000) == 0
   assert resolve_queue_size(LossConfig(queue_size=0), 256, 100_000) == 0
   assert resolve_queue_size(LossConfig(queue_size=300), 256, 1000) == 300
 

@@ -248,3 +248,87 @@ def test_topic_count_and_temperature_flags_reach_the_generator():
     return np.mean([len(c) for c in users.values()])
   assert (topics_per_user(load(synthetic_affinity_temperature=0.05))
           < topics_per_user(load(synthetic_affinity_temperature=1.0)))
+
+
+def test_titles_have_n_words_that_carry_the_topic_noisily():
+  """--synthetic_title_tokens=N: every item has a title of N single-token words, and its
+  topic words name the item's cluster for most items but not all (a noisy, real-ish text)."""
+  data = synthetic.generate(synthetic.SyntheticConfig(**SMALL, title_tokens=16))
+  items = data.dataset.item_features
+  titles = items.columns["title"]
+  assert titles.dtype == object and len(titles) == data.config.num_items
+  assert items.kinds["title"] == types.TOKEN_SEQ     # text once --text_features=title
+  words = np.array([t.split(" ") for t in titles])
+  assert words.shape == (data.config.num_items, 16)
+  assert all(w.isascii() and (w.isalnum()) for w in np.unique(words))
+  counts = synthetic.title_topic_counts(titles, data.config)
+  accuracy = np.mean(counts.argmax(axis=1) == data.item_cluster)
+  assert 0.75 < accuracy < 0.98, accuracy
+  # Function words, shared by every topic, are a good share of the words.
+  noise = np.isin(words, synthetic.FUNCTION_WORDS).mean()
+  assert 0.3 < noise < 0.5
+
+
+def test_titles_are_seeded_and_leave_the_rest_of_the_data_unchanged():
+  cfg = dict(SMALL, num_items=2 * synthetic._TITLE_ITEMS, title_tokens=6)   # two units
+  one = synthetic.generate(synthetic.SyntheticConfig(**cfg))
+  titles = one.dataset.item_features.columns["title"]
+  np.testing.assert_array_equal(
+      titles, synthetic.generate(synthetic.SyntheticConfig(**cfg, num_threads=1))
+      .dataset.item_features.columns["title"])
+  other = synthetic.generate(synthetic.SyntheticConfig(**cfg, seed=1))
+  assert np.mean(titles == other.dataset.item_features.columns["title"]) < 0.01
+  # Units draw from their own seeds: equal-sized ones must not repeat their titles.
+  assert len(np.unique(titles)) == len(titles)
+  plain = synthetic.generate(synthetic.SyntheticConfig(**dict(cfg, title_tokens=0)))
+  assert "title" not in plain.dataset.item_features.columns
+  assert _same(plain, one)        # every other column, the events and the truth
+
+
+def _prepared(**knobs):
+  from twotower.config import DataConfig
+  from twotower.data import prepare
+  config = DataConfig(dataset="synthetic", synthetic_users=800, synthetic_items=600,
+                      synthetic_interactions=24_000, **knobs)
+  raw = prepare.load_raw(config)
+  return raw, prepare.prepare(raw, config)
+
+
+@pytest.mark.parametrize("split", [{}, dict(valid_fraction=0.05, test_fraction=0.05)])
+def test_cold_items_have_no_training_events_but_have_held_out_targets(split):
+  """--synthetic_cold_items: that share of the items never occurs in the training split of
+  the per-user temporal split (any fractions) but does in validation and test, so the cold
+  slice is measurable; they stay in the item table and the retrievable corpus."""
+  from twotower.data import splits
+  raw, data = _prepared(synthetic_cold_items=0.1, synthetic_title_tokens=4, **split)
+  items = raw.item_features.columns["item_id"]
+  assert len(items) == 600 and "title" in raw.item_features.columns
+  events = data.events
+  train_items = np.unique(events.item[events.split == splits.TRAIN])
+  cold = np.setdiff1d(data.item_vocab.lookup(items), train_items)
+  assert 0.09 * 600 <= len(cold) <= 0.12 * 600           # ~10%, a few warm ones never drawn
+  for code in (splits.VALID, splits.TEST):
+    on_cold = np.isin(events.item[events.split == code], cold)
+    assert 0.04 < on_cold.mean() < 0.4, (code, on_cold.mean())   # new: not yet seen
+  # Users keep their event counts: only which items they saw moved.
+  plain_raw, _ = _prepared(**split)
+  np.testing.assert_array_equal(np.unique(raw.interactions.user_id, return_counts=True)[1],
+                                np.unique(plain_raw.interactions.user_id, return_counts=True)[1])
+
+
+def test_cold_items_are_the_ones_without_training_events():
+  cfg = synthetic.SyntheticConfig(num_users=800, num_items=600, num_interactions=24_000,
+                                  cold_items=0.1)
+  data = synthetic.generate(cfg)
+  assert data.item_cold.sum() == 60
+  from twotower.config import DataConfig
+  from twotower.data import prepare, splits
+  config = DataConfig(dataset="synthetic")
+  prepared = prepare.prepare(data.dataset, config)
+  ev = prepared.events
+  cold_ids = prepared.item_vocab.lookup(synthetic.ids("i", 600)[data.item_cold])
+  on_cold = np.isin(ev.item, cold_ids)
+  assert not (on_cold & (ev.split == splits.TRAIN)).any()
+  assert (on_cold & (ev.split == splits.TEST)).sum() > 50
+  with pytest.raises(ValueError, match="cold_items"):
+    synthetic.generate(synthetic.SyntheticConfig(**SMALL, cold_items=1.0))

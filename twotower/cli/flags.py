@@ -92,8 +92,10 @@ _HELP = {
                        "--text_features are set, else 0.",
     # loss
     "temperature": "Softmax temperature over cosine scores (> 0); smaller is sharper.",
-    "queue_size": "Cross-batch queue entries M; -1 = auto (8 batches, at most an eighth "
-                  "of the catalogue, none if that is under one batch), 0 = in-batch only.",
+    "queue_size": "Cross-batch queue entries M; -1 = auto: a queue only where items run "
+                  "a cnn or attention text encoder (8 batches, at most an eighth of the "
+                  "catalogue, none if that is under one batch), since with id towers a "
+                  "larger batch pays more; 0 = in-batch only.",
     "queue_warmup_steps": "Steps before queue entries are used as negatives (the first "
                           "embeddings move too fast to be reused).",
     "queue_warmup_drift": "Automatic warm-up: the queue switches on (after "

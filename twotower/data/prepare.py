@@ -90,7 +90,10 @@ def load_raw(config: DataConfig) -> types.RawDataset:
         num_interactions=config.synthetic_interactions,
         nonlinear_weight=config.synthetic_nonlinear_weight,
         num_clusters=config.synthetic_clusters,
-        affinity_temperature=config.synthetic_affinity_temperature)).dataset
+        affinity_temperature=config.synthetic_affinity_temperature,
+        title_tokens=config.synthetic_title_tokens, cold_items=config.synthetic_cold_items,
+        split_valid_fraction=config.valid_fraction, split_test_fraction=config.test_fraction,
+        split_min_user_interactions=config.min_user_interactions)).dataset
   raise ValueError(f"--dataset must be 'movielens-100k' or 'synthetic' (or pass "
                    f"--interactions), got {config.dataset!r}")
 

@@ -33,6 +33,17 @@ Generative model (all under one seed):
     distribution of heavy users relative to ``log_probs``.
   * Labels are 1-5 ratings from the standardised affinity plus noise. Timestamps spread
     each user's events over a random active period; a few share a second.
+  * Titles (``title_tokens`` > 0): each topic (cluster) has its own words, Zipf-like,
+    and shares some with its nearest topic; an item's title mixes its cluster's words,
+    some of its second topic's (the other centroid nearest its factor) and function words
+    common to all topics. The words alone name the item's cluster for most items, not all
+    (``title_topic_counts``: ~78% / 86% / 92% of items at 8 / 16 / 32 words); they are
+    drawn from their own stream, so the rest of the data is the same with or without them.
+  * Cold items (``cold_items``, a share): they stay in the catalogue and in the sampler's
+    distribution, but an event that the per-user temporal split (``split_*``: the one
+    ``prepare`` will run) puts in training never picks one, so a cold item's events are
+    all validation or test targets, late in their users' timelines. Event counts per user
+    and timestamps' law do not change; ``log_probs`` stays the oracle of held-out events.
 
 Output is grouped by user, time-ordered within user; ids are "u<k>" / "i<k>" where k is
 the row in the ground-truth arrays. Generation is vectorised, runs in chunks on a thread
@@ -48,7 +59,7 @@ from typing import Optional
 import numpy as np
 
 from twotower import cpus
-from twotower.data import types
+from twotower.data import splits, types
 
 
 @dataclasses.dataclass
@@ -86,6 +97,16 @@ class SyntheticConfig:
   resample_rounds: int = 8              # rounds that redraw repeated (user, item) pairs
   chunk_size: int = 131_072             # events per work unit (part of the seeding)
   num_threads: int = 0                  # 0: the CPUs available, at most 8
+  title_tokens: int = 0                 # words per item title; 0: no title column
+  title_topic_words: int = 300          # words of each topic's vocabulary (Zipf within it)
+  title_word_exponent: float = 1.0      # Zipf exponent of a topic's (and the pool's) words
+  title_neighbour_share: float = 0.2    # share of a topic's words from its nearest topic's
+  title_noise: float = 0.4              # share of title words from the common function words
+  title_mix: float = 0.4                # max weight of an item's second topic in its title
+  cold_items: float = 0.0               # share of items with no training events ("new")
+  split_valid_fraction: float = 0.1     # the per-user split cold items are placed for
+  split_test_fraction: float = 0.1
+  split_min_user_interactions: int = 3
 
   def validate(self) -> None:
     positive = ("num_users", "num_items", "latent_dim", "num_clusters", "num_price_buckets",
@@ -111,6 +132,14 @@ class SyntheticConfig:
       raise ValueError("SyntheticConfig.max_user_fraction must be > 0")
     if self.time_span < 1:
       raise ValueError("SyntheticConfig.time_span must be >= 1 second")
+    if self.title_tokens < 0 or self.title_topic_words < 1 or self.title_word_exponent < 0:
+      raise ValueError("SyntheticConfig: title_tokens must be >= 0, title_topic_words >= 1 "
+                       "and title_word_exponent >= 0")
+    for name in ("title_neighbour_share", "title_noise", "title_mix"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"SyntheticConfig.{name} must be in [0, 1]")
+    if not 0.0 <= self.cold_items < 1.0:
+      raise ValueError(f"SyntheticConfig.cold_items must be in [0, 1), got {self.cold_items}")
 
 
 @dataclasses.dataclass
@@ -129,6 +158,7 @@ class SyntheticData:
   item_price_bucket: np.ndarray     # int32 [num_items]
   preferred_bucket: np.ndarray      # int32 [num_regions], the cross of the λ term
   cluster_centroids: np.ndarray     # float32 [num_clusters, d]
+  item_cold: np.ndarray             # bool [num_items]: no training events (cold_items)
   config: SyntheticConfig
 
   def log_probs(self, users: np.ndarray) -> np.ndarray:
@@ -228,6 +258,8 @@ class _World:
   user_region: np.ndarray       # [U] int32
   preferred_bucket: np.ndarray  # [R] int32
   user_start: np.ndarray        # [U + 1] int64: first event of each user
+  item_cold: Optional[np.ndarray]  # [N] bool: cold items; None when there are none
+  slot_cold: Optional[np.ndarray]  # [N] bool: the same in slot order
 
 
 def _build_world(cfg: SyntheticConfig):
@@ -315,14 +347,23 @@ def _build_world(cfg: SyntheticConfig):
     counts = np.minimum(counts, cap)
   user_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
+  # Cold ("new") items: a uniform share, from their own stream so that the rest of the
+  # world is the same with or without them.
+  item_cold = np.zeros(N, bool)
+  num_cold = int(round(cfg.cold_items * N))
+  if num_cold:
+    item_cold[_rng(cfg.seed, 5).choice(N, num_cold, replace=False)] = True
+
   world = _World(
       centroids=centroids, user_factors=user_factors, item_factors=item_factors,
       cluster_basis=(basis / cfg.affinity_temperature).astype(np.float32),
       item_code=np.ascontiguousarray(code.T), slot_item=slot_item,
       group_offset=group_offset, group_size=group_size, group_log_mass=group_log_mass,
       group_curve=group_curve, user_region=user_region, preferred_bucket=preferred_bucket,
-      user_start=user_start)
-  truth = dict(user_factors=user_factors, item_factors=item_factors,
+      user_start=user_start,
+      item_cold=item_cold if num_cold else None,
+      slot_cold=item_cold[slot_item] if num_cold else None)
+  truth = dict(item_cold=item_cold, user_factors=user_factors, item_factors=item_factors,
                item_cluster=item_cluster.astype(np.int32), item_popularity=item_popularity,
                user_segment=user_segment, user_region=user_region,
                item_price_bucket=item_bucket.astype(np.int32),
@@ -331,11 +372,13 @@ def _build_world(cfg: SyntheticConfig):
 
 
 def _pick_in_group(world: _World, cfg: SyntheticConfig, rng: np.random.Generator,
-                   proj: np.ndarray, group: np.ndarray) -> np.ndarray:
+                   proj: np.ndarray, group: np.ndarray,
+                   warm_only: Optional[np.ndarray] = None) -> np.ndarray:
   """Items drawn within their groups: popularity proposals, Gumbel-max over u·r / τ.
 
   ``proj[:, e]`` is the event's user factor projected on its cluster's basis, so a
-  candidate's logit is ``proj[:, e] · z_i`` (q multiply-adds instead of d).
+  candidate's logit is ``proj[:, e] · z_i`` (q multiply-adds instead of d). Events where
+  ``warm_only`` is set never pick a cold candidate unless all their candidates are cold.
   """
   m, a = cfg.candidates, cfg.popularity_exponent
   out = np.empty(len(group), np.int64)
@@ -359,6 +402,8 @@ def _pick_in_group(world: _World, cfg: SyntheticConfig, rng: np.random.Generator
       term *= proj[j, lo:lo + n, None]
       logit += term
     logit += np.take(_GUMBEL, rng.integers(0, len(_GUMBEL), (n, m), dtype=np.uint16))
+    if world.slot_cold is not None and warm_only is not None:
+      logit[np.take(world.slot_cold, slot) & warm_only[lo:lo + n, None]] = -np.inf
     best = np.argmax(logit, axis=1)
     out[lo:lo + n] = world.slot_item[np.take_along_axis(slot, best[:, None], 1)[:, 0]]
   return out
@@ -386,6 +431,23 @@ def _projections(world: _World, uf: np.ndarray, local_user: np.ndarray,
     out[sl] = np.einsum("nd,ndq->nq", np.take(uf, local_user[sl], axis=0),
                         np.take(world.cluster_basis, cluster[sl], axis=0))
   return np.ascontiguousarray(out.T)
+
+
+def _move_off_cold(world: _World, warm_only: np.ndarray, item: np.ndarray,
+                   group: np.ndarray) -> None:
+  """Training events still on a cold item after the redraws (a heavy user's favourite
+  group holds only cold items) take the next warm item in slot order: the same group
+  when it has one, else a neighbouring group of the cluster. Rare; in place."""
+  assert world.item_cold is not None and world.slot_cold is not None
+  stuck = np.flatnonzero(warm_only & world.item_cold[item])
+  if not len(stuck):
+    return
+  slot_of_item = np.empty(len(world.slot_item), np.int64)
+  slot_of_item[world.slot_item] = np.arange(len(world.slot_item))
+  warm_slots = np.flatnonzero(~world.slot_cold)
+  slot = warm_slots[np.searchsorted(warm_slots, slot_of_item[item[stuck]]) % len(warm_slots)]
+  item[stuck] = world.slot_item[slot]
+  group[stuck] = np.searchsorted(world.group_offset, slot, side="right") - 1
 
 
 def _sample_chunk(world: _World, cfg: SyntheticConfig, chunk: int, u_lo: int, u_hi: int,
@@ -433,16 +495,27 @@ def _sample_chunk(world: _World, cfg: SyntheticConfig, chunk: int, u_lo: int, u_
     bucket = (rng.random(len(lu))[:, None] * cum[:, -1:] >= cum).sum(axis=1)
     return cluster, cluster * B + np.minimum(bucket, B - 1)
 
+  # Events that the per-user split puts in training never pick a cold item: a cold item's
+  # events are all held out (the split moves a boundary only earlier, at tied timestamps).
+  warm_only = None
+  if world.slot_cold is not None:
+    warm_only = splits.temporal_split(
+        local_user, np.arange(n), valid_fraction=cfg.split_valid_fraction,
+        test_fraction=cfg.split_test_fraction,
+        min_user_interactions=cfg.split_min_user_interactions) == splits.TRAIN
   cluster, group = draw_groups(local_user)
   proj = _projections(world, uf, local_user, cluster)
-  item = _pick_in_group(world, cfg, rng, proj, group)
+  item = _pick_in_group(world, cfg, rng, proj, group, warm_only)
 
-  # Redraw repeated (user, item) pairs: first within their group, then (when the group is
-  # used up, as for heavy users) from a fresh group. Hopeless cases keep their repeat.
+  # Redraw repeated (user, item) pairs, and training events left on a cold item (all their
+  # candidates were cold): first within their group, then (when the group is used up, as
+  # for heavy users) from a fresh group. Hopeless cases keep their item.
   key = local_user.astype(np.int64) * cfg.num_items + item
   order = np.argsort(key, kind="stable")
   seen = key[order]
   dup = order[1:][seen[1:] == seen[:-1]]
+  if warm_only is not None and world.item_cold is not None:
+    dup = np.union1d(dup, np.flatnonzero(warm_only & world.item_cold[item]))
   accepted = np.zeros(0, np.int64)                      # sorted keys of redrawn events
   in_group_rounds = min(2, cfg.resample_rounds // 2)
   for round_ in range(cfg.resample_rounds):
@@ -451,15 +524,21 @@ def _sample_chunk(world: _World, cfg: SyntheticConfig, chunk: int, u_lo: int, u_
     if round_ >= in_group_rounds:
       cluster[dup], group[dup] = draw_groups(local_user[dup])
       proj[:, dup] = _projections(world, uf, local_user[dup], cluster[dup])
-    item[dup] = _pick_in_group(world, cfg, rng, proj[:, dup], group[dup])
+    dup_warm_only = None if warm_only is None else warm_only[dup]
+    item[dup] = _pick_in_group(world, cfg, rng, proj[:, dup], group[dup], dup_warm_only)
     new = key[dup] = local_user[dup].astype(np.int64) * cfg.num_items + item[dup]
     bad = _member(seen, new) | _member(accepted, new)
+    if dup_warm_only is not None and world.item_cold is not None:
+      bad |= dup_warm_only & world.item_cold[item[dup]]
     _, first = np.unique(new, return_index=True)
     repeat = np.ones(len(new), bool)
     repeat[first] = False
     bad |= repeat
     accepted = np.sort(np.concatenate([accepted, new[~bad]]))
     dup = dup[bad]
+
+  if warm_only is not None and world.slot_cold is not None:
+    _move_off_cold(world, warm_only, item, group)
 
   # Timestamps: exponential gaps (some zero) rescaled to the user's active period.
   span = np.maximum(1, cfg.time_span * (0.05 + 0.95 * rng.random(n_users))).astype(np.int64)
@@ -499,8 +578,110 @@ def _num_threads(cfg: SyntheticConfig) -> int:
   return max(1, min(cpus.available(), 8))
 
 
+# The common pool of title noise words (shared by every topic), in Zipf order.
+FUNCTION_WORDS = (
+    "the", "of", "and", "a", "in", "to", "for", "with", "on", "at", "from", "by", "new",
+    "my", "your", "all", "how", "what", "one", "about", "into", "after", "over", "best",
+    "is", "you", "this", "we", "are", "more", "our", "day", "it", "not", "why", "can",
+    "two", "just", "top", "good", "last", "first", "little", "big", "old", "life", "time",
+    "back", "way", "world", "home", "out", "up", "vs", "no", "or", "an", "as", "be", "so")
+_TITLE_ITEMS = 16_384   # items per title work unit (part of the seeding)
+
+
+def title_words(cfg: SyntheticConfig) -> np.ndarray:
+  """The title vocabulary: topic k's words are rows [k W, (k + 1) W) ("w<row>", W =
+  ``title_topic_words``, Zipf order within the topic), then ``FUNCTION_WORDS``."""
+  return np.concatenate([_names("w", cfg.num_clusters * cfg.title_topic_words),
+                         np.array(FUNCTION_WORDS)])
+
+
+def title_topic_counts(titles: np.ndarray, cfg: SyntheticConfig) -> np.ndarray:
+  """[len(titles), K] int32: per title, how many of its words are each topic's (the
+  function words count for none); its argmax is the title's nearest topic."""
+  titles = np.asarray(titles, dtype=str)
+  flat = np.array(" ".join(titles).split(), dtype=str)
+  row = np.repeat(np.arange(len(titles)), np.strings.count(titles, " ") + 1)
+  rest = np.strings.slice(flat, 1, None)
+  is_topic = np.strings.startswith(flat, "w") & np.strings.isdigit(rest)
+  index = rest[is_topic].astype(np.int64)
+  counts = np.zeros((len(titles), cfg.num_clusters), np.int32)
+  np.add.at(counts, (row[is_topic], index // cfg.title_topic_words), 1)
+  return counts
+
+
+def _zipf_table(n: int, exponent: float) -> np.ndarray:
+  """Ranks [0, n) at 2^16 quantiles of a Zipf law: a draw is a uint16 table look-up
+  (cheaper than a search; the rarest rank of a few hundred keeps its share to ~1e-5)."""
+  cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -exponent)
+  quantiles = (np.arange(1 << 16) + 0.5) / (1 << 16)
+  return np.minimum(np.searchsorted(cdf / cdf[-1], quantiles), n - 1).astype(np.int32)
+
+
+@dataclasses.dataclass
+class _TitleModel:
+  """What every unit of title items reads (shared, read-only)."""
+  neighbour: np.ndarray       # [K] int64: each topic's nearest other topic
+  topic_rank: np.ndarray      # [2^16] int32: Zipf ranks within a topic
+  pool_rank: np.ndarray       # [2^16] int32: Zipf ranks within FUNCTION_WORDS
+  word_bytes: np.ndarray      # [V, width + 1] uint8: zero-padded words, then a space
+
+
+def _title_model(cfg: SyntheticConfig, centroids: np.ndarray) -> _TitleModel:
+  near = centroids @ centroids.T
+  np.fill_diagonal(near, -np.inf)
+  vocab = title_words(cfg).astype(np.bytes_)
+  width = vocab.dtype.itemsize
+  word_bytes = np.full((len(vocab), width + 1), ord(" "), np.uint8)
+  word_bytes[:, :width] = vocab.view(np.uint8).reshape(len(vocab), width)
+  return _TitleModel(
+      neighbour=(np.argmax(near, axis=1) if len(centroids) > 1
+                 else np.zeros(1, np.int64)),
+      topic_rank=_zipf_table(cfg.title_topic_words, cfg.title_word_exponent),
+      pool_rank=_zipf_table(len(FUNCTION_WORDS), cfg.title_word_exponent),
+      word_bytes=word_bytes)
+
+
+def _title_unit(cfg: SyntheticConfig, truth: dict, model: _TitleModel, unit: int,
+                out: np.ndarray) -> None:
+  """Titles of items [unit U, (unit + 1) U) (U = _TITLE_ITEMS), written into ``out``.
+
+  Each word is a function word (share ``title_noise``) or a topic word; a topic word comes
+  from the item's cluster or, with probability m_i ~ U(0, title_mix), from its second
+  topic (the other centroid nearest to its factor: the title hints at its sub-genre);
+  then, with probability ``title_neighbour_share``, from that topic's nearest topic's
+  list (neighbouring topics share words); then a Zipf rank within the list. Each unit
+  draws from its own seed, as the event chunks do.
+  """
+  K, W, T = cfg.num_clusters, cfg.title_topic_words, cfg.title_tokens
+  lo = unit * _TITLE_ITEMS
+  hi = min(cfg.num_items, lo + _TITLE_ITEMS)
+  n = hi - lo
+  rng = _rng(cfg.seed, 4, unit)
+  k = truth["item_cluster"][lo:hi].astype(np.int64)
+  second = k
+  if K > 1:
+    sim = _dot(truth["item_factors"][lo:hi], truth["cluster_centroids"].T)
+    sim[np.arange(n), k] = -np.inf
+    second = np.argmax(sim, axis=1)
+  mix = np.float32(cfg.title_mix) * rng.random(n, dtype=np.float32)
+  topic = np.where(rng.random((n, T), dtype=np.float32) < mix[:, None],
+                   second[:, None], k[:, None])
+  topic = np.where(rng.random((n, T), dtype=np.float32) < cfg.title_neighbour_share,
+                   model.neighbour[topic], topic)
+  quantile = rng.integers(0, 1 << 16, (2, n, T), dtype=np.uint16)
+  word = np.where(rng.random((n, T), dtype=np.float32) < cfg.title_noise,
+                  K * W + np.take(model.pool_rank, quantile[0]),
+                  topic * W + np.take(model.topic_rank, quantile[1]))
+  # A title is a gather of padded words; dropping the padding leaves "w w w\n" lines.
+  text = np.take(model.word_bytes, word, axis=0)               # [n, T, width + 1]
+  text[:, -1, -1] = ord("\n")
+  flat = text.ravel()
+  out[lo:hi] = flat[flat != 0].tobytes().decode("ascii").split("\n")[:-1]
+
+
 def _side_tables(cfg: SyntheticConfig, truth: dict, user_names: np.ndarray,
-                 item_names: np.ndarray) -> tuple[types.Table, types.Table]:
+                 item_names: np.ndarray,
+                 titles: Optional[np.ndarray]) -> tuple[types.Table, types.Table]:
   """User table (segment, region) and item table (category, tags, price_bucket)."""
   rng = _rng(cfg.seed, 2)
   N, K, T = cfg.num_items, cfg.num_clusters, cfg.tags_per_cluster
@@ -522,18 +703,22 @@ def _side_tables(cfg: SyntheticConfig, truth: dict, user_names: np.ndarray,
   def table(columns):
     n = len(next(iter(columns.values())))
     kinds = {name: types.TOKEN for name in columns}
-    if "tags" in columns:
-      kinds["tags"] = types.TOKEN_SEQ
+    for name in ("tags", "title"):
+      if name in columns:
+        kinds[name] = types.TOKEN_SEQ    # a title is text with --text_features=title
     return types.Table(path="<synthetic>", columns=columns, kinds=kinds,
                        line_numbers=np.arange(n, dtype=np.int64) + 2)
 
   users = table({"user_id": user_names,
                  "segment": ids("s", K)[truth["user_segment"]],
                  "region": ids("r", cfg.num_regions)[truth["user_region"]]})
-  items = table({"item_id": item_names,
-                 "category": ids("c", K)[category],
-                 "tags": tags.astype(object),
-                 "price_bucket": ids("p", cfg.num_price_buckets)[truth["item_price_bucket"]]})
+  item_columns = {"item_id": item_names,
+                  "category": ids("c", K)[category],
+                  "tags": tags.astype(object),
+                  "price_bucket": ids("p", cfg.num_price_buckets)[truth["item_price_bucket"]]}
+  if titles is not None:
+    item_columns["title"] = titles
+  items = table(item_columns)
   return users, items
 
 
@@ -554,12 +739,20 @@ def generate(config: Optional[SyntheticConfig] = None) -> SyntheticData:
 
   # Chunks and side tables fill disjoint outputs from their own seeds, so the result does
   # not depend on the thread count or the order they run in.
+  titles = np.empty(cfg.num_items, object) if cfg.title_tokens else None
   with concurrent.futures.ThreadPoolExecutor(_num_threads(cfg)) as pool:
-    tables = pool.submit(_side_tables, cfg, truth, user_names, item_names)
+    title_jobs = []
+    if titles is not None:
+      model = _title_model(cfg, truth["cluster_centroids"])
+      title_jobs = [pool.submit(_title_unit, cfg, truth, model, unit, titles)
+                    for unit in range(-(-cfg.num_items // _TITLE_ITEMS))]
     user_id_job = pool.submit(
         lambda: user_names[np.repeat(np.arange(cfg.num_users), np.diff(world.user_start))])
     jobs = [pool.submit(_sample_chunk, world, cfg, c, lo, hi, item, timestamp, affinity)
             for c, (lo, hi) in enumerate(_chunks(world.user_start, cfg.chunk_size))]
+    for job in title_jobs:
+      job.result()
+    tables = pool.submit(_side_tables, cfg, truth, user_names, item_names, titles)
     for job in jobs:
       job.result()
     user_table, item_table = tables.result()
