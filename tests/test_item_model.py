@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from twotower import export_artifacts as export_lib
 from twotower import serving
@@ -48,28 +49,15 @@ def _write_dataset(directory) -> dict:
 
 
 def _config(paths) -> Config:
-  config = Config()
+  config = tiny_config()   # its model and schedule, on these files with a text title
   config.data.dataset = None
   config.data.interactions = paths["interactions.csv"]
   config.data.item_features = paths["items.tsv"]
-  config.data.history_length = 5
   config.data.text_features = ("title",)
   config.data.text_max_tokens = 6
   config.model.text_encoder = "attention"
   config.model.text_dim = 8
   config.model.text_heads = 2
-  config.model.embedding_dim = 16
-  config.model.id_embedding_dim = 16
-  config.model.feature_embedding_dim = 8
-  config.model.user_layers = (32,)
-  config.model.item_layers = (32,)
-  config.train.batch_size = 256
-  config.train.epochs = 1
-  config.train.progress = False
-  config.train.eval_ks = (10,)
-  config.train.early_stopping_metric = "recall@10"
-  config.train.refit = "none"
-  config.loss.queue_size = 0
   return config
 
 
