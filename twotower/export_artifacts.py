@@ -53,14 +53,14 @@ import pandas as pd
 from twotower import fileio, topk
 from twotower import index as index_lib
 from twotower.data import text, types
-from twotower.data.features import SEPARATORS
+from twotower.data.features import tokenize_tf
 from twotower.data.histories import latest_histories
 from twotower.data.vocab import FIRST_OOV, PAD, Vocabulary
 from twotower.export_layout import ITEM_FEATURES, MANIFEST, USER_DEFAULTS
 
 __all__ = ["ITEM_FEATURES", "ITEM_INPUTS", "MANIFEST", "QUERY_INPUTS", "USER_DEFAULTS",
            "SCANN_NAMESPACE", "build_item_module", "build_query_module", "default_inputs",
-           "input_names", "item_inputs", "lookup_ids", "lookup_table", "right_align", "tokenize",
+           "input_names", "item_inputs", "lookup_ids", "lookup_table", "right_align",
            "user_defaults", "write_item_features"]
 
 SCANN_NAMESPACE = "Scann"
@@ -100,15 +100,6 @@ def lookup_ids(table, num_oov: int, strings, *, oov_to_pad: bool = False):
   return tf.cast(ids, tf.int32)
 
 
-def tokenize(strings, max_tokens: int):
-  """[B] multi-valued strings -> [B, max_tokens] tokens, '' padded (twin of
-  features.tokenize: split on runs of spaces and '|', keep the first max_tokens)."""
-  import tensorflow as tf
-  clean = tf.strings.strip(tf.strings.regex_replace(strings, SEPARATORS, " "))
-  parts = tf.strings.split(clean, " ")
-  return parts.to_tensor(default_value="", shape=[None, max_tokens])
-
-
 def right_align(ids, length: int):
   """[B, L'] ids with PAD anywhere -> [B, L]: the last L non-PAD ids, in order, PAD in front."""
   import tensorflow as tf
@@ -124,7 +115,7 @@ def _feature_ids(spec, table, raw):
   """[B] raw strings of one side feature -> its id matrix, as ``features.encode_table``
   builds it in training: tokenised (token_seq, text), then looked up."""
   if spec.kind == types.TOKEN_SEQ:
-    raw = tokenize(raw, spec.max_tokens)
+    raw = tokenize_tf(raw, spec.max_tokens)
   elif spec.kind == types.TEXT:
     raw = text.tokenize_tf(raw, spec.max_tokens)
   return lookup_ids(table, spec.vocab.num_oov_buckets, raw)
