@@ -192,7 +192,7 @@ def test_in_graph_lookup_and_tokenizer_match_training(trained):
   np.testing.assert_array_equal(got.numpy(), vocab.lookup(strings))
   texts = np.array(["jazz", "", "  rock|film  chess", "|tea", "a||b | c d", "x  "], dtype=object)
   expected = features_lib.tokenize(texts, 3)
-  got = export_lib.tokenize(tf.constant(texts.astype(str)), 3).numpy().astype(str)
+  got = features_lib.tokenize_tf(tf.constant(texts.astype(str)), 3).numpy().astype(str)
   np.testing.assert_array_equal(got, expected.astype(str))
   ids = tf.constant([[0, 5, 0, 6, 7], [0, 0, 0, 0, 0], [1, 2, 3, 4, 9]], tf.int32)
   np.testing.assert_array_equal(export_lib.right_align(ids, 3).numpy(),

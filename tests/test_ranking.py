@@ -25,7 +25,7 @@ from twotower.data.itemsets import ItemSets
 from twotower.data.pipeline import HISTORY
 from twotower.jobs import train as train_job
 from twotower.jobs.train_ranking import train_ranking
-from twotower.model import ranking_export, ranking_reranker
+from twotower.model import ranking_reranker
 from twotower.model.encoding import Encoder
 from twotower.training import ranking_eval, ranking_mining, ranking_run
 
@@ -192,7 +192,7 @@ def test_top_k_metrics_by_hand():
 
 def test_in_graph_tokenizer_matches_training_tokenizer():
   raw = np.array(["a b", " a|b||c  d ", "", "|", "x y z w v", "q | r"], object)
-  got = ranking_export.tokenize_in_graph(tf.constant(raw.astype(str)), 3).numpy()
+  got = features_lib.tokenize_tf(tf.constant(raw.astype(str)), 3).numpy()
   np.testing.assert_array_equal(got.astype(str), features_lib.tokenize(raw, 3).astype(str))
 
 

@@ -227,3 +227,21 @@ def test_item_table_must_match_the_index(readable, tmp_path):
     f.write("{not json\n")
   with pytest.raises(serving.IntegrityError, match="item feature table is unreadable"):
     serving.Recommender.load(d, verify=False)
+
+
+def test_an_item_column_named_like_a_keyword_embeds_and_adds(readable):
+  """MovieLens' ``class`` cannot be a signature's keyword argument: the item model's input
+  is ``class_`` (the manifest says so), and Recommender maps it."""
+  d = readable["export_dir"]
+  manifest = fileio.read_json(os.path.join(d, export_lib.MANIFEST))
+  assert {f["name"]: f["input"] for f in manifest["item_model"]["features"]} == {
+      "movie_title": "movie_title", "release_year": "release_year", "class": "class_"}
+  assert "class_" in manifest["item_model"]["inputs"]
+  rec = serving.Recommender.load(d, verify=False)
+  ids = list(rec.item_ids[:5])
+  rows = [{"item_id": i, **{c: v for c, v in _expected_features(readable, i).items()
+                            if v is not None}} for i in ids]
+  np.testing.assert_allclose(rec.embed_items(rows), rec.index.embeddings[:5], atol=1e-5)
+  rec.add_items([{"item_id": "brand-new", "movie_title": "Heat (2026)", "class": "Action"}])
+  assert rec.describe_items(["brand-new"]) == [
+      {"movie_title": "Heat (2026)", "release_year": None, "class": "Action"}]

@@ -11,6 +11,18 @@ than left to cap the user's recall below 1 for a reason no model can affect; use
 with no targets (or with none to begin with) are skipped and counted in
 ``num_users_skipped``.
 
+Slices (``slices``: named item masks, e.g. ``cold_slices``: the cold items, with no training
+event in the data the evaluated model trained on, and the warm ones) are read off the same
+top-k lists, not a second pass over the corpus. A slice keeps only the targets whose item is
+in it as the relevant set; the ranking is unchanged (other items still take ranks). Per user
+with at least one slice target: Recall@K = slice targets in the top K / min(K, slice
+targets), NDCG@K = DCG of the slice targets in the top K / the ideal DCG of min(K, slice
+targets) hits, HitRate@K = any slice target in the top K; each a mean over the users with a
+slice target (``num_users``; ``num_targets`` counts their slice targets). ``random_recall@K``
+and ``random_ndcg@K`` are the exact expectation of a uniformly random ranking of each user's
+non-excluded corpus, averaged the same way (``metrics.Cutoffs.random_per_row``). A slice no
+target falls in has only its counts, never a NaN.
+
 Cost and memory: users are scored in chunks so that no score matrix holds more than
 ``max_chunk_elements`` floats (a million-item corpus never needs a users x items array).
 The ranking is ``twotower.topk``'s (the one exact top-k: chunks, workers, exclusions, ties).
@@ -21,7 +33,7 @@ is numpy, on an accelerator TensorFlow, where the scores are.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -46,7 +58,8 @@ def retrieval_metrics(query_embeddings: np.ndarray,
                       exclude: ItemSets | None = None,
                       ks: Sequence[int] = DEFAULT_KS,
                       max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
-                      progress: bool = False) -> dict[str, float]:
+                      progress: bool = False,
+                      slices: Mapping[str, np.ndarray] | None = None) -> dict:
   """Exact metrics of ranking the whole corpus for every user (see the module docstring).
 
   Args:
@@ -58,11 +71,15 @@ def retrieval_metrics(query_embeddings: np.ndarray,
     max_chunk_elements: the most scores held at once, over all workers (users scored at a
       time = this // N).
     progress: show a progress bar over chunks.
+    slices: name -> bool [N] item mask (``cold_slices``); each adds a ``name`` entry.
 
   Returns:
     ``recall@K``, ``ndcg@K``, ``hit_rate@K`` for each K, ``mrr``, ``num_users`` (evaluated)
     and ``num_users_skipped`` (no target left after exclusions). With no user evaluated the
-    metrics are 0.0, so the dict keeps its keys and stays valid JSON.
+    metrics are 0.0, so the dict keeps its keys and stays valid JSON. Per slice, a dict:
+    ``num_items`` (corpus items in it), ``num_targets``, ``num_users`` and, when these are
+    not 0, its ``recall@K``, ``ndcg@K``, ``hit_rate@K``, ``random_recall@K`` and
+    ``random_ndcg@K`` (the module docstring).
   """
   items = topk.check_items(item_embeddings)
   queries = topk.check_queries(query_embeddings, items)
@@ -70,13 +87,17 @@ def retrieval_metrics(query_embeddings: np.ndarray,
   ks = _check_ks(ks)
   targets = topk.check_sets(targets, num_users, num_items, "targets")
   exclude = topk.check_sets(exclude, num_users, num_items, "exclude")
+  masks = _check_slices(slices, num_items)
   target_keys = _pair_keys(targets, num_items)
-  if exclude is not None:   # excluded targets cannot be retrieved: drop them
-    target_keys = target_keys[~np.isin(target_keys, _pair_keys(exclude, num_items))]
+  exclude_keys = (np.unique(_pair_keys(exclude, num_items)) if exclude is not None
+                  else np.zeros(0, np.int64))
+  target_keys = target_keys[~np.isin(target_keys, exclude_keys)]   # cannot be retrieved
   target_keys = np.unique(target_keys)   # also drops duplicate targets
   counts = np.bincount(target_keys // num_items, minlength=num_users)
   kept = np.flatnonzero(counts)
-  metrics = _UserMetrics(ks, min(max(ks), num_items), len(kept))
+  # The non-excluded corpus of each evaluated user (a random ranking's candidates).
+  candidates = num_items - np.bincount(exclude_keys // num_items, minlength=num_users)[kept]
+  metrics = _UserMetrics(ks, min(max(ks), num_items), len(kept), masks, candidates)
   if len(kept):
     # Only the evaluated users are scored, in order; their targets as sorted row-major keys.
     target_keys = (np.searchsorted(kept, target_keys // num_items) * num_items
@@ -99,13 +120,14 @@ def most_popular_metrics(train_item_counts: np.ndarray,
                          targets: ItemSets,
                          exclude: ItemSets | None = None,
                          ks: Sequence[int] = DEFAULT_KS,
-                         max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS) -> dict[str, float]:
+                         max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+                         slices: Mapping[str, np.ndarray] | None = None) -> dict:
   """The same metrics for ranking every user's items by training popularity.
 
   Runs through ``retrieval_metrics`` with 1-dimensional embeddings (query 1, item = the dense
-  rank of its count), so the baseline gets the identical protocol, exclusions and tie-break
-  (equal counts: lower index first). Dense ranks rather than raw counts keep the scores exact
-  in float32 however large the counts grow.
+  rank of its count), so the baseline gets the identical protocol, exclusions, tie-break
+  (equal counts: lower index first) and slices. Dense ranks rather than raw counts keep the
+  scores exact in float32 however large the counts grow.
   """
   counts = np.asarray(train_item_counts)
   if counts.ndim != 1 or len(counts) == 0:
@@ -113,7 +135,16 @@ def most_popular_metrics(train_item_counts: np.ndarray,
   _, dense_rank = np.unique(counts, return_inverse=True)
   items = dense_rank.astype(np.float32).reshape(-1, 1)
   queries = np.ones((targets.num_rows, 1), np.float32)
-  return retrieval_metrics(queries, items, targets, exclude, ks, max_chunk_elements)
+  return retrieval_metrics(queries, items, targets, exclude, ks, max_chunk_elements,
+                           slices=slices)
+
+
+def cold_slices(trained: np.ndarray) -> dict[str, np.ndarray]:
+  """The ``slices`` of ``retrieval_metrics`` for cold start: ``cold``, the corpus items
+  without a training event in the data the evaluated model trained on (``trained``: bool
+  [N], e.g. ``PreparedData.train_item_counts() > 0``), and ``warm``, the others."""
+  trained = np.asarray(trained, bool)
+  return {"cold": ~trained, "warm": trained}
 
 
 # -- checks --------------------------------------------------------------------------------
@@ -124,6 +155,18 @@ def _check_ks(ks) -> tuple[int, ...]:
   if not ks or min(ks) < 1:
     raise ValueError(f"ks must be positive integers, got {ks}")
   return ks
+
+
+def _check_slices(slices: Mapping[str, np.ndarray] | None,
+                  num_items: int) -> dict[str, np.ndarray]:
+  out = {}
+  for name, mask in (slices or {}).items():
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (num_items,):
+      raise ValueError(f"slice {name!r} must be a bool mask over the {num_items} corpus "
+                       f"items, got {mask.dtype} {mask.shape}")
+    out[name] = mask
+  return out
 
 
 def _pair_keys(sets: ItemSets, num_items: int) -> np.ndarray:
@@ -143,10 +186,13 @@ class _UserMetrics:
   the end, so the result is bit-identical whatever the chunk size.
   """
 
-  def __init__(self, ks: tuple[int, ...], depth: int, num_users: int):
+  def __init__(self, ks: tuple[int, ...], depth: int, num_users: int,
+               slices: Mapping[str, np.ndarray], candidates: np.ndarray):
     self.ks, self.depth = ks, depth
     self.cutoffs = metrics_lib.Cutoffs(ks, depth)
     self.values = np.zeros((num_users, 3 * len(ks) + 1))   # recall, ndcg, hit per K; RR
+    self.slices = {name: _SliceMetrics(mask, self.cutoffs, candidates)
+                   for name, mask in slices.items()}
 
   def add(self, start: int, scores: np.ndarray | tf.Tensor, top: np.ndarray, keys: np.ndarray,
           num_items: int, maxima: Optional[np.ndarray] = None) -> None:
@@ -155,8 +201,9 @@ class _UserMetrics:
     out = self.values[start:start + rows]
     hits = metrics_lib.hit_matrix(top, keys, num_items)   # padding columns are no items
     num_targets = np.bincount(keys // num_items, minlength=rows)
-    for i, (_, recall, ndcg, hit) in enumerate(self.cutoffs.per_row(hits, num_targets)):
-      out[:, 3 * i], out[:, 3 * i + 1], out[:, 3 * i + 2] = recall, ndcg, hit
+    _fill(out, self.cutoffs.per_row(hits, num_targets))
+    for part in self.slices.values():
+      part.add(start, top, hits, keys, num_items)
     # MRR: a target in the top k ranks where it was found; for the others, count the items
     # ahead of the best target over the whole corpus.
     found_any = hits.any(axis=1)
@@ -167,9 +214,9 @@ class _UserMetrics:
       ahead = _count_ahead(scores, missed, best, best_item, maxima)
       out[missed, -1] = 1.0 / (ahead + 1.0)
 
-  def result(self, num_users_skipped: int) -> dict[str, float]:
+  def result(self, num_users_skipped: int) -> dict:
     means = self.values.mean(axis=0) if len(self.values) else np.zeros(self.values.shape[1])
-    out = {}
+    out: dict = {}
     for i, k in enumerate(self.ks):
       out[f"recall@{k}"] = float(means[3 * i])
       out[f"ndcg@{k}"] = float(means[3 * i + 1])
@@ -177,6 +224,54 @@ class _UserMetrics:
     out["mrr"] = float(means[-1])
     out["num_users"] = len(self.values)
     out["num_users_skipped"] = int(num_users_skipped)
+    for name, part in self.slices.items():
+      out[name] = part.result()
+    return out
+
+
+def _fill(out: np.ndarray, per_row) -> None:
+  """Columns 3i, 3i + 1, 3i + 2 of ``out``: recall, ndcg, hit rate at the i-th K."""
+  for i, (_, recall, ndcg, hit) in enumerate(per_row):
+    out[:, 3 * i], out[:, 3 * i + 1], out[:, 3 * i + 2] = recall, ndcg, hit
+
+
+class _SliceMetrics:
+  """One slice's per-user values (module docstring), from the hit matrices of the whole
+  set: a hit counts when its item is in the slice, a target when its item is."""
+
+  def __init__(self, mask: np.ndarray, cutoffs: metrics_lib.Cutoffs, candidates: np.ndarray):
+    self.mask, self.cutoffs, self.candidates = mask, cutoffs, candidates
+    self.values = np.zeros((len(candidates), 3 * len(cutoffs.ks)))   # recall, ndcg, hit per K
+    self.num_targets = np.zeros(len(candidates), np.int64)
+
+  def add(self, start: int, top: np.ndarray, hits: np.ndarray, keys: np.ndarray,
+          num_items: int) -> None:
+    rows = len(top)
+    # Padding slots (-1) are never hits, so any item may stand in for them in the mask.
+    hits = hits & self.mask[np.clip(top, 0, num_items - 1)]
+    keys = keys[self.mask[keys % num_items]]
+    num_targets = np.bincount(keys // num_items, minlength=rows)
+    self.num_targets[start:start + rows] = num_targets
+    with_targets = np.flatnonzero(num_targets)
+    values = np.zeros((len(with_targets), self.values.shape[1]))
+    _fill(values, self.cutoffs.per_row(hits[with_targets], num_targets[with_targets]))
+    self.values[start + with_targets] = values
+
+  def result(self) -> dict:
+    users = np.flatnonzero(self.num_targets)
+    out: dict = {"num_items": int(self.mask.sum()),
+                 "num_targets": int(self.num_targets.sum()), "num_users": len(users)}
+    if not len(users):   # nothing to average: the counts say so
+      return out
+    means = self.values[users].mean(axis=0)
+    for i, k in enumerate(self.cutoffs.ks):
+      out[f"recall@{k}"] = float(means[3 * i])
+      out[f"ndcg@{k}"] = float(means[3 * i + 1])
+      out[f"hit_rate@{k}"] = float(means[3 * i + 2])
+    for k, recall, ndcg in self.cutoffs.random_per_row(self.num_targets[users],
+                                                       self.candidates[users]):
+      out[f"random_recall@{k}"] = float(recall.mean())
+      out[f"random_ndcg@{k}"] = float(ndcg.mean())
     return out
 
 

@@ -1,15 +1,26 @@
-"""What a serving export holds: a query SavedModel that takes raw strings, the index, the
-users' defaults and the item table (written by the job ``twotower.jobs.export.export``).
+"""What a serving export holds: a query SavedModel and an item SavedModel that take raw
+strings, the index, the users' defaults and the item table (written by the job
+``twotower.jobs.export.export``).
 
 Layout of ``export_dir`` (pinned in docs/design.md, "Artifact layout"):
 
   query_model/          SavedModel. Inputs are raw strings: ``user_id`` [B], ``history``
                         [B, L'] ('' padded, any L'), one [B] string per user feature
-                        (multi-valued ones as the raw space/'|'-separated string). Signatures:
+                        (multi-valued ones as the raw space/'|'-separated string; a column
+                        whose name is no Python identifier, or a keyword, is an input named
+                        as the manifest says: ``input_names``). Signatures:
                         ``serving_default`` (top-k item ids and scores through the ScaNN TF
                         ops, or exact when the index is brute force; [B, min(k, N)], slots
                         ScaNN left empty hold '' and -inf), ``brute_force`` (exact
                         top-k, no custom op in its graph) and ``embed`` (the user embedding).
+  item_model/           SavedModel. Inputs are raw strings: ``item_id`` [B] and one [B]
+                        string per item feature column (multi-valued ones as the raw
+                        space/'|'-separated string, text as free text, '' when missing).
+                        Signature ``serving_default``: {"embedding": [B, D]}, the item
+                        tower's vector, equal to the index's for a corpus item. An id the
+                        vocabulary lacks (a new item) reads the OOV row, as an item without
+                        training events does when item id dropout is on (``--text_features``):
+                        such an item is embedded from its features and text. Plain TF ops only.
   index/                the serialized pybind ScaNN searcher (absent for brute force)
   item_embeddings.npy   corpus embeddings, corpus order; item_ids.txt: their ids
   index.json            kind, tuned parameters, fingerprint, sha256 of the index files
@@ -42,16 +53,20 @@ import pandas as pd
 from twotower import fileio, topk
 from twotower import index as index_lib
 from twotower.data import text, types
-from twotower.data.features import SEPARATORS
+from twotower.data.features import tokenize_tf
 from twotower.data.histories import latest_histories
-from twotower.data.vocab import PAD, Vocabulary
+from twotower.data.vocab import FIRST_OOV, PAD, Vocabulary
 from twotower.export_layout import ITEM_FEATURES, MANIFEST, USER_DEFAULTS
 
-__all__ = ["ITEM_FEATURES", "MANIFEST", "USER_DEFAULTS", "SCANN_NAMESPACE", "build_query_module",
-           "default_inputs", "lookup_ids", "lookup_table", "right_align", "tokenize",
+__all__ = ["ITEM_FEATURES", "ITEM_INPUTS", "MANIFEST", "QUERY_INPUTS", "USER_DEFAULTS",
+           "SCANN_NAMESPACE", "build_item_module", "build_query_module", "default_inputs",
+           "input_names", "item_inputs", "lookup_ids", "lookup_table", "right_align",
            "user_defaults", "write_item_features"]
 
 SCANN_NAMESPACE = "Scann"
+# The SavedModels' inputs besides the features (whose names avoid these).
+QUERY_INPUTS = ("user_id", "history", "k")
+ITEM_INPUTS = ("item_id",)
 
 
 # --------------------------------------------------------------------------- in-graph
@@ -85,15 +100,6 @@ def lookup_ids(table, num_oov: int, strings, *, oov_to_pad: bool = False):
   return tf.cast(ids, tf.int32)
 
 
-def tokenize(strings, max_tokens: int):
-  """[B] multi-valued strings -> [B, max_tokens] tokens, '' padded (twin of
-  features.tokenize: split on runs of spaces and '|', keep the first max_tokens)."""
-  import tensorflow as tf
-  clean = tf.strings.strip(tf.strings.regex_replace(strings, SEPARATORS, " "))
-  parts = tf.strings.split(clean, " ")
-  return parts.to_tensor(default_value="", shape=[None, max_tokens])
-
-
 def right_align(ids, length: int):
   """[B, L'] ids with PAD anywhere -> [B, L]: the last L non-PAD ids, in order, PAD in front."""
   import tensorflow as tf
@@ -103,6 +109,46 @@ def right_align(ids, length: int):
   rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(ids))
   where = tf.stack([tf.boolean_mask(rows, keep), tf.boolean_mask(length - from_end, keep)], 1)
   return tf.scatter_nd(where, tf.boolean_mask(ids, keep), [tf.shape(ids)[0], length])
+
+
+def _feature_ids(spec, table, raw):
+  """[B] raw strings of one side feature -> its id matrix, as ``features.encode_table``
+  builds it in training: tokenised (token_seq, text), then looked up."""
+  if spec.kind == types.TOKEN_SEQ:
+    raw = tokenize_tf(raw, spec.max_tokens)
+  elif spec.kind == types.TEXT:
+    raw = text.tokenize_tf(raw, spec.max_tokens)
+  return lookup_ids(table, spec.vocab.num_oov_buckets, raw)
+
+
+def input_names(specs, reserved: tuple) -> dict[str, str]:
+  """Feature column -> its signature input's name. A signature's inputs are keyword
+  arguments, so a column that is no Python identifier, or a keyword (MovieLens' item column
+  ``class``), gets one: non-word characters as '_', then '_' appended until it is unique."""
+  import keyword
+  import re
+  taken = set(reserved)
+  out = {}
+  for s in specs:
+    name = s.name
+    if not name.isidentifier() or keyword.iskeyword(name) or name in taken:
+      name = re.sub(r"\W", "_", name, flags=re.ASCII)
+      name = name if name[:1].isalpha() else "f_" + name
+      while keyword.iskeyword(name) or name in taken:
+        name += "_"
+    taken.add(name)
+    out[s.name] = name
+  return out
+
+
+def _string_inputs(key: str, specs, reserved: tuple) -> dict:
+  """The signature's raw string inputs, keyed by column: the entity's id [B] and one [B]
+  per feature (named by ``input_names``)."""
+  import tensorflow as tf
+  spec = {key: tf.TensorSpec([None], tf.string, name=key)}
+  for column, name in input_names(specs, reserved).items():
+    spec[column] = tf.TensorSpec([None], tf.string, name=name)
+  return spec
 
 
 def _read_scann_assets(directory: str) -> dict:
@@ -154,10 +200,8 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
     module.scann_state = {k: tf.Variable(v, trainable=False, name=k) for k, v in assets.items()}
     scann = scann_ops
 
-  spec = {"user_id": tf.TensorSpec([None], tf.string, name="user_id"),
-          "history": tf.TensorSpec([None, None], tf.string, name="history")}
-  for s in specs:
-    spec[s.name] = tf.TensorSpec([None], tf.string, name=s.name)
+  spec = _string_inputs("user_id", specs, QUERY_INPUTS)
+  spec["history"] = tf.TensorSpec([None, None], tf.string, name="history")
   k_spec = dict(spec, k=tf.TensorSpec([], tf.int32, name="k"))
 
   def features(inputs):
@@ -166,12 +210,7 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
     history = lookup_ids(item_table, 1, inputs["history"], oov_to_pad=True)
     out = {"user_id": user_ids, "history": right_align(history, history_length)}
     for s in specs:
-      raw = inputs[s.name]
-      if s.kind == types.TOKEN_SEQ:
-        raw = tokenize(raw, s.max_tokens)
-      elif s.kind == types.TEXT:
-        raw = text.tokenize_tf(raw, s.max_tokens)
-      out[s.name] = lookup_ids(feature_tables[s.name], s.vocab.num_oov_buckets, raw)
+      out[s.name] = _feature_ids(s, feature_tables[s.name], inputs[s.name])
     return out
 
   def embed(inputs):
@@ -222,6 +261,54 @@ def build_query_module(user_tower, data, history_length: int, index: index_lib.I
   return module, signatures
 
 
+def build_item_module(item_tower, data):
+  """A tf.Module whose ``embed`` function maps raw item strings to the item tower's vector
+  ({"embedding": [B, D]}), plus the signatures to save it under.
+
+  Ids follow the training vocabulary; an id it lacks, or '', becomes ``FIRST_OOV`` (never a
+  hashed bucket): the row the item tower gives every item it has no trained row for.
+  """
+  import tensorflow as tf
+
+  specs = list(data.item_features.specs)
+  item_table = lookup_table(data.item_vocab)
+  feature_tables = {s.name: lookup_table(s.vocab) for s in specs}
+  module = tf.Module(name="item_model")
+  module.tables = [t for t in [item_table, *feature_tables.values()] if t]
+  module.tower_variables = list(item_tower.variables)
+
+  def embed(inputs):
+    ids = lookup_ids(item_table, 1, inputs["item_id"])      # unknown -> 1, '' -> PAD
+    features = {"item_id": tf.maximum(ids, FIRST_OOV)}
+    for s in specs:
+      features[s.name] = _feature_ids(s, feature_tables[s.name], inputs[s.name])
+    return {"embedding": tf.cast(item_tower(features, training=False), tf.float32)}
+
+  module.embed = tf.function(tf.autograph.experimental.do_not_convert(embed),
+                             input_signature=[_string_inputs("item_id", specs, ITEM_INPUTS)])
+  return module, {"serving_default": module.embed.get_concrete_function()}
+
+
+def item_inputs(specs, table: Optional[types.Table], item_ids) -> dict:
+  """Raw item_model inputs of items by id, from the item table ('' where it has no row)."""
+  import tensorflow as tf
+  item_ids = np.asarray(item_ids, dtype=object)
+  out = {"item_id": item_ids.astype(str)}
+  if specs:
+    assert table is not None, "item features come from an item table"
+    rows = _table_rows(table, item_ids)
+    for s in specs:
+      column = np.asarray(table.columns[s.name], dtype=object)
+      out[s.name] = np.where(rows >= 0, column[np.maximum(rows, 0)], "").astype(str)
+  return {key: tf.constant(value) for key, value in out.items()}
+
+
+def _table_rows(table: types.Table, item_ids: np.ndarray) -> np.ndarray:
+  """Row of each item id in the item table (-1: none)."""
+  return pd.Index(np.asarray(table.columns["item_id"], dtype=object)).get_indexer(
+      np.asarray(item_ids, dtype=object))
+
+
 # --------------------------------------------------------------------------- defaults
 
 
@@ -251,8 +338,7 @@ def write_item_features(path: str, item_ids: np.ndarray,
   if table is None:
     return None
   columns = [name for name in table.columns if name != "item_id"]
-  rows = pd.Index(np.asarray(table.columns["item_id"], dtype=object)).get_indexer(
-      np.asarray(item_ids, dtype=object))
+  rows = _table_rows(table, item_ids)
   values = [np.asarray(table.columns[name], dtype=object) for name in columns]
   lines = []
   for item, row in zip(item_ids, rows):

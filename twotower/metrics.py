@@ -3,7 +3,9 @@
 Binary gains: a ranked item is a hit when it is one of the row's targets. Recall@K divides
 the hits in the top K by min(K, |targets|); NDCG@K is the DCG of the top K (discount
 1 / log2(rank + 1)) over the ideal DCG of min(K, |targets|) hits; HitRate@K is whether any
-target is in the top K; the reciprocal rank is 1 / the rank of the first hit.
+target is in the top K; the reciprocal rank is 1 / the rank of the first hit. Recall@K and
+NDCG@K of a uniformly random ranking are also given exactly (``Cutoffs.random_per_row``): the
+floor a slice's figures are read against.
 
 Retrieval evaluation (twotower.evaluate, a chunk of users at a time) and the ranking head's
 two-stage figures score their ranked lists here; the impression metrics of
@@ -54,6 +56,24 @@ class Cutoffs:
       ideal_hits = np.minimum(k, num_targets)
       yield (k, cum_hits[:, at] / ideal_hits, cum_dcg[:, at] / self.ideal[ideal_hits - 1],
              cum_hits[:, at] > 0)
+
+  def random_per_row(self, num_targets: np.ndarray, num_candidates: np.ndarray
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(K, recall, ndcg) per K, each [rows]: their expectation under a uniformly random
+    ranking of a row's ``num_candidates`` items, ``num_targets`` (>= 1, <= candidates) of
+    them targets. Exact, not sampled: each of the top m = min(K, candidates) ranks holds a
+    target with probability targets / candidates, so the expected hits are m * t / n and
+    the expected DCG is t / n times the discounts of ranks 1..m; the denominators
+    (min(K, t) and its ideal DCG) are fixed per row, so the expected ratio is the ratio of
+    these expectations."""
+    t = np.asarray(num_targets, np.int64)
+    n = np.asarray(num_candidates, np.int64)
+    share = t / n
+    for k in self.ks:
+      ranked = np.minimum(k, n)   # >= 1: a row has a target, so a candidate
+      ideal_hits = np.minimum(k, t)
+      yield (k, ranked * share / ideal_hits,
+             share * self.ideal[ranked - 1] / self.ideal[ideal_hits - 1])
 
 
 def reciprocal_ranks(hits: np.ndarray) -> np.ndarray:

@@ -22,14 +22,27 @@ MovieLens' ``movie_title``)::
 
 and ``user_history`` lists the items a query is built from, newest first, the same way.
 
+New items join a loaded export without a rebuild: ``add_items`` embeds raw item fields (as
+in the item file) with the export's ``item_model`` SavedModel and adds them to the search::
+
+  rec.add_items([{"item_id": "n1", "movie_title": "Space Station (2026)", "class": "Sci-Fi"}])
+  rec.recommend({"user_id": "196"}, k=10)   # can return "n1" at once
+
+An id the run never saw reads the item tower's OOV row, so the new item is placed by its
+features and text (trained for that with ``--text_features``, whose item id dropout trains
+that row). Additions live in this process's memory only; the export on disk is unchanged.
+
 Embedding runs the exported ``embed`` signature (the same graph TF Serving would run);
 candidates come from the index (``Index.search`` with the exclusions: the pybind ScaNN
 searcher asked for k plus the number of excluded items so that exclusions are removed
-before the cut, a row that still comes back short searched exactly). Everything after
-``load`` is read-only: one Recommender serves many threads.
+before the cut, a row that still comes back short searched exactly). One Recommender
+serves many threads: requests only read it, and ``add_items`` changes the corpus while no
+request is reading it (a shared lock: requests run side by side, an addition waits for the
+requests in flight and holds off new ones while it swaps the corpus in).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -136,12 +149,66 @@ def _as_token(value, field: str) -> str:
                    f"{type(value).__name__}: {value!r}")
 
 
-def _as_list(value, field: str) -> list:
+def _as_list(value, field: str, what: str = "item ids") -> list:
   if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or isinstance(
       value, Mapping):
-    raise InputError(f"{field} must be a list of item ids, got {type(value).__name__}: "
+    raise InputError(f"{field} must be a list of {what}, got {type(value).__name__}: "
                      f"{value!r:.80}")
   return list(value)
+
+
+def _raw_value(value, kind: str, field: str) -> str:
+  """A raw feature value as the SavedModels take it: a string (an int is one); for a
+  multi-valued feature also a list of tokens, joined as the item file would hold them."""
+  if kind == types.TOKEN_SEQ and not isinstance(value, str):
+    return " ".join(_as_token(v, field) for v in _as_list(value, field, "tokens"))
+  return _as_token(value, field)
+
+
+class _SharedLock:
+  """Many readers at once or one writer; a waiting writer holds off new readers (so a
+  steady stream of requests cannot starve it). A thread already reading may read again."""
+
+  def __init__(self):
+    self._cond = threading.Condition()
+    self._readers = 0
+    self._writing = False
+    self._writers_waiting = 0
+    self._local = threading.local()
+
+  @contextlib.contextmanager
+  def reading(self):
+    depth = getattr(self._local, "depth", 0)
+    if depth == 0:
+      with self._cond:
+        while self._writing or self._writers_waiting:
+          self._cond.wait()
+        self._readers += 1
+    self._local.depth = depth + 1
+    try:
+      yield
+    finally:
+      self._local.depth = depth
+      if depth == 0:
+        with self._cond:
+          self._readers -= 1
+          if self._readers == 0:
+            self._cond.notify_all()
+
+  @contextlib.contextmanager
+  def writing(self):
+    with self._cond:
+      self._writers_waiting += 1
+      while self._writing or self._readers:
+        self._cond.wait()
+      self._writers_waiting -= 1
+      self._writing = True
+    try:
+      yield
+    finally:
+      with self._cond:
+        self._writing = False
+        self._cond.notify_all()
 
 
 class Recommender:
@@ -150,13 +217,17 @@ class Recommender:
   def __init__(self, *, query_model, index: index_lib.Index, item_ids: np.ndarray,
                defaults: Mapping[str, np.ndarray], manifest: dict,
                reranker: Optional[Reranker] = None, rerank_candidates: int = 100,
-               item_features: Optional[Mapping[str, np.ndarray]] = None):
+               item_features: Optional[Mapping[str, np.ndarray]] = None,
+               export_dir: Optional[str] = None):
     self.query_model = query_model
+    self.export_dir = export_dir   # where add_items finds the item_model (None: nowhere)
     self.index = index
     self.manifest = manifest
     self.item_ids = np.asarray(item_ids, dtype=object)
     self.history_length = int(manifest["history_length"])
     self._features = [(f["name"], f["kind"]) for f in manifest["user_features"]]
+    # Signature input of each feature column (exports before "input": the column's name).
+    self._inputs_of = {f["name"]: f.get("input", f["name"]) for f in manifest["user_features"]}
     self._fields = {"user_id", "history"} | {name for name, _ in self._features}
     self._embed = query_model.signatures["embed"]
     self._item_index = pd.Index(self.item_ids)
@@ -170,6 +241,11 @@ class Recommender:
     # Item table column -> raw strings in corpus order (None: the export has no item table).
     self.item_features = None if item_features is None else {
         name: np.asarray(values, dtype=object) for name, values in item_features.items()}
+    self._item_fields = [(f["name"], f["kind"], f["input"])
+                         for f in (manifest.get("item_model") or {}).get("features", [])]
+    self._item_model = None   # the item SavedModel's signature, loaded by the first add_items
+    self._item_model_lock = threading.Lock()
+    self._lock = _SharedLock()   # requests read; add_items writes
 
   @classmethod
   def load(cls, export_dir: str, *, reranker: Optional[Reranker] = None,
@@ -216,7 +292,8 @@ class Recommender:
     rec = cls(query_model=query_model, index=index, item_ids=index.item_ids,
               defaults=defaults, manifest=manifest, reranker=reranker,
               rerank_candidates=rerank_candidates,
-              item_features=_load_item_features(export_dir, manifest, index.item_ids))
+              item_features=_load_item_features(export_dir, manifest, index.item_ids),
+              export_dir=export_dir)
     rec._warm_up()
     return rec
 
@@ -225,6 +302,10 @@ class Recommender:
   def normalize(self, user) -> dict:
     """A request with defaults filled in: {'user_id': str, 'history': [str] (the L most
     recent known items), feature: str}."""
+    with self._lock.reading():
+      return self._normalize(user)
+
+  def _normalize(self, user) -> dict:
     if not isinstance(user, Mapping):
       raise InputError(f"a user must be a dict of raw features, got {type(user).__name__}")
     unknown = set(user) - self._fields
@@ -251,10 +332,8 @@ class Recommender:
       value = user.get(name)
       if value is None:
         value = str(self.defaults[f"feature/{name}"][row]) if row >= 0 else ""
-      elif kind == types.TOKEN_SEQ and not isinstance(value, str):
-        value = " ".join(_as_token(v, name) for v in _as_list(value, name))
       else:
-        value = _as_token(value, name)
+        value = _raw_value(value, kind, name)
       out[name] = value
     return out
 
@@ -267,7 +346,7 @@ class Recommender:
     out = {"user_id": np.array([u["user_id"] for u in users], dtype=object),
            "history": history}
     for name, _ in self._features:
-      out[name] = np.array([u[name] for u in users], dtype=object)
+      out[self._inputs_of[name]] = np.array([u[name] for u in users], dtype=object)
     return {key: tf.constant(value.astype(str)) for key, value in out.items()}
 
   def embed(self, users: Sequence[Mapping], batch_size: int = 1024) -> np.ndarray:
@@ -337,8 +416,10 @@ class Recommender:
   def describe_items(self, item_ids: Iterable, columns: WithFeatures = True) -> list[dict]:
     """Per item id, {column: raw value as in the item file} (None for an item the table
     has no row for, or an id the export does not know)."""
-    return self._describe([_as_token(i, "item id") for i in _as_list(item_ids, "item_ids")],
-                          self.resolve_item_columns(columns))
+    with self._lock.reading():
+      return self._describe([_as_token(i, "item id")
+                             for i in _as_list(item_ids, "item_ids")],
+                            self.resolve_item_columns(columns))
 
   def _describe(self, item_ids: list, columns: list[str]) -> list[dict]:
     rows = self._item_index.get_indexer(item_ids) if item_ids else np.zeros(0, np.int64)
@@ -364,11 +445,129 @@ class Recommender:
     {"item_id", "features"} dicts."""
     columns = self._feature_columns(with_features)
     request = user if isinstance(user, Mapping) else {"user_id": _as_token(user, "user_id")}
-    history = self.normalize(request)["history"][::-1]
-    if columns is None:
-      return history
-    return [{"item_id": item, "features": features}
-            for item, features in zip(history, self._describe(history, columns))]
+    with self._lock.reading():
+      history = self._normalize(request)["history"][::-1]
+      if columns is None:
+        return history
+      return [{"item_id": item, "features": features}
+              for item, features in zip(history, self._describe(history, columns))]
+
+  # ------------------------------------------------------------------ new items
+
+  @property
+  def item_fields(self) -> tuple:
+    """The raw fields an item is given by (add_items, embed_items): item_id, then the item
+    table's feature columns as in the item file."""
+    return ("item_id", *(name for name, _, _ in self._item_fields))
+
+  def embed_items(self, items: Sequence[Mapping], batch_size: int = 1024) -> np.ndarray:
+    """Item embeddings [B, D] of raw item dicts (see add_items), through the export's
+    item_model: a corpus item gets its indexed vector (within float noise)."""
+    normalized = self._normalize_items(items)
+    return self._embed_items(normalized, batch_size)
+
+  def add_items(self, items: Sequence[Mapping]) -> dict:
+    """Embeds new items and adds them to this Recommender's search, without a rebuild: a
+    list of dicts of raw item fields as in the item file (``item_id`` required; a missing
+    or None field is an empty value; a multi-valued one may be a list of tokens).
+
+    ScaNN takes them through its pybind mutator (each vector to its nearest leaf, hash
+    codes computed; the tree and codebook stay as trained, so add a large share of the
+    corpus by re-indexing instead); brute force appends. From return on, ``recommend`` can
+    return them and ``describe_items`` shows their fields. An id already in the corpus is
+    REPLACED: its vector and its fields become the new ones (an updated title, say); an id
+    given twice in one call is an InputError, as is a missing item_id, an unknown field or a
+    value that is not a string. The additions live in memory only: the export on disk is
+    unchanged, so a new Recommender (or a LiveRecommender reload) starts without them; to
+    keep them, add them to the item file and re-export. Returns {"added": [ids],
+    "replaced": [ids]}.
+    """
+    normalized = self._normalize_items(items)
+    ids = [item["item_id"] for item in normalized]
+    seen: set = set()
+    for where, item_id in enumerate(ids):
+      if item_id in seen:
+        raise InputError(f"items[{where}]: item_id {item_id!r} is given twice in one call")
+      seen.add(item_id)
+    vectors = self._embed_items(normalized)   # the item model only: no lock needed
+    with self._lock.writing():
+      rows = (self._item_index.get_indexer(ids) if ids else np.zeros(0, np.int64))
+      self.index.upsert(rows, vectors, np.asarray(ids, dtype=object))
+      self.item_ids = np.asarray(self.index.item_ids, dtype=object)
+      self._item_index = pd.Index(self.item_ids)
+      if self.item_features is not None:
+        old, added = rows >= 0, np.flatnonzero(rows < 0)
+        for name, column in list(self.item_features.items()):
+          values = np.empty(len(normalized), dtype=object)
+          values[:] = [item.get(name) for item in normalized]
+          column = np.concatenate([column, values[added]])
+          column[rows[old]] = values[old]
+          self.item_features[name] = column
+    return {"added": [i for i, r in zip(ids, rows) if r < 0],
+            "replaced": [i for i, r in zip(ids, rows) if r >= 0]}
+
+  def _normalize_items(self, items) -> list[dict]:
+    """Checked item dicts: {"item_id": str, field: str or None}."""
+    if isinstance(items, (Mapping, str, bytes)) or not isinstance(items, Iterable):
+      raise InputError(f"items must be a list of item dicts, got {type(items).__name__}")
+    fields = set(self.item_fields)
+    out = []
+    for where, item in enumerate(items):
+      if not isinstance(item, Mapping):
+        raise InputError(f"items[{where}] must be a dict of raw item fields, got "
+                         f"{type(item).__name__}")
+      unknown = set(item) - fields
+      if unknown:
+        raise InputError(f"items[{where}]: unknown item field(s) {sorted(map(str, unknown))}; "
+                         f"this export's items take {list(self.item_fields)}")
+      if item.get("item_id") is None or item.get("item_id") == "":
+        raise InputError(f"items[{where}]: item_id is required")
+      entry: dict = {"item_id": _as_token(item["item_id"], f"items[{where}].item_id")}
+      for name, kind, _ in self._item_fields:
+        value = item.get(name)
+        entry[name] = None if value is None else _raw_value(value, kind,
+                                                            f"items[{where}].{name}")
+      out.append(entry)
+    return out
+
+  def _embed_items(self, items: list[dict], batch_size: int = 1024) -> np.ndarray:
+    import tensorflow as tf
+    embed = self._item_signature()
+    out = []
+    for start in range(0, len(items), batch_size):
+      chunk = items[start:start + batch_size]
+      inputs = {key: tf.constant(np.array([item[name] or "" for item in chunk], dtype=str))
+                for name, key in [("item_id", "item_id")] + [
+                    (name, key) for name, _, key in self._item_fields]}
+      out.append(embed(**inputs)["embedding"].numpy())
+    dim = self.index.embeddings.shape[1]
+    return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+  def _item_signature(self):
+    """The item_model's serving signature, loaded on first use from the export this
+    Recommender was loaded from, after checking its files are still the ones the manifest
+    listed at load (a re-export to the same directory must not mix two runs)."""
+    with self._item_model_lock:
+      if self._item_model is None:
+        entry = self.manifest.get("item_model")
+        if not entry or self.export_dir is None:
+          raise IntegrityError(f"export {self.export_dir}: it holds no item_model (exported "
+                               f"before item encoders); {_FIX}")
+        prefix = entry["path"].rstrip("/") + "/"
+        files = {rel: e["sha256"] for rel, e in self.manifest["files"].items()
+                 if rel.startswith(prefix)}
+        try:
+          fileio.verify_files(self.export_dir, files, f"export {self.export_dir}",
+                              "did it change since this Recommender loaded it? load it again")
+          import tensorflow as tf
+          model = tf.saved_model.load(fileio.resolve_inside(self.export_dir, entry["path"]))
+        except (IntegrityError, FileNotFoundError):
+          raise
+        except Exception as e:  # pylint: disable=broad-except
+          raise IntegrityError(f"export {self.export_dir}: the item SavedModel does not load "
+                               f"({type(e).__name__}: {str(e)[:300]}); {_FIX}") from e
+        self._item_model = (model, model.signatures["serving_default"])
+      return self._item_model[1]
 
   # ------------------------------------------------------------------ recommend
 
@@ -387,6 +586,10 @@ class Recommender:
                       exclude_items: Optional[Sequence[Iterable]] = None,
                       with_features: WithFeatures = False) -> list[list]:
     """recommend() for many users at once (one embedding call, one batched search)."""
+    with self._lock.reading():
+      return self._recommend_batch(users, k, exclude_items, with_features)
+
+  def _recommend_batch(self, users, k: int, exclude_items, with_features) -> list[list]:
     columns = self._feature_columns(with_features)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
       raise InputError(f"k must be a non-negative integer, got {k!r}")
@@ -400,7 +603,7 @@ class Recommender:
       if len(exclude_items) != len(users):
         raise ValueError(f"exclude_items has {len(exclude_items)} entries for {len(users)} "
                          f"users; pass one iterable of item ids per user")
-    normalized = [self.normalize(u) for u in users]
+    normalized = [self._normalize(u) for u in users]
     excluded = [self._rows(ex) for ex in exclude_items]
     if not users or k == 0:
       return [[] for _ in users]
@@ -500,3 +703,9 @@ class LiveRecommender:
 
   def user_history(self, user, with_features: WithFeatures = False):
     return self._current.user_history(user, with_features=with_features)
+
+  def add_items(self, items: Sequence[Mapping]) -> dict:
+    """Recommender.add_items on the current export. A reload starts from the new export's
+    corpus: additions made before it are not carried over (re-export with them instead)."""
+    with self._lock:   # never lands on an export a reload is replacing
+      return self._current.add_items(items)

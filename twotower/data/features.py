@@ -55,6 +55,15 @@ def tokenize(values: np.ndarray, max_tokens: int) -> np.ndarray:
   return out
 
 
+def tokenize_tf(strings, max_tokens: int):
+  """In-graph twin of ``tokenize`` for the exports: [B] multi-valued strings -> [B,
+  max_tokens] tokens, '' padded (split on runs of spaces and '|', the first max_tokens)."""
+  import tensorflow as tf
+  clean = tf.strings.strip(tf.strings.regex_replace(strings, SEPARATORS, " "))
+  parts = tf.strings.split(clean, " ")
+  return parts.to_tensor(default_value="", shape=[None, max_tokens])
+
+
 def raw_feature_matrix(column: np.ndarray, spec: FeatureSpec) -> np.ndarray:
   """Raw strings of one feature column, shaped as the spec's id matrix."""
   if spec.kind == types.TOKEN_SEQ:

@@ -109,6 +109,40 @@ class Index:
       out_rows[b, :len(found)], out_scores[b, :len(found)] = found, found_scores
     return out_rows, out_scores
 
+  def upsert(self, rows: np.ndarray, vectors: np.ndarray, item_ids: np.ndarray,
+             batch_size: int = 256) -> None:
+    """In place: row ``rows[i]`` takes ``vectors[i]`` and item ``item_ids[i]``; a row of -1
+    is appended, in order. A ScaNN searcher changes through its pybind mutator (each new
+    vector goes to its nearest leaf and gets its hash codes; the tree and codebook stay as
+    trained), brute force through its arrays. Each call copies the [N, D] matrix once."""
+    rows = np.asarray(rows, np.int64)
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    if self.item_ids is None:
+      raise ValueError("an index without item ids cannot take new items")
+    if vectors.shape != (len(rows), self.embeddings.shape[1]) or len(item_ids) != len(rows):
+      raise ValueError(f"upsert: {len(rows)} rows, {len(item_ids)} ids and vectors of shape "
+                       f"{vectors.shape} for a {self.embeddings.shape[1]}-dimensional index")
+    if not np.isfinite(vectors).all():
+      raise ValueError("upsert: the vectors contain NaN or infinite values")
+    old = rows >= 0
+    added = np.flatnonzero(~old)
+    if self.searcher is not None and len(rows):
+      targets = [int(r) if r >= 0 else None for r in rows]
+      got = np.asarray(self.searcher.searcher.upsert(targets, list(vectors), batch_size),
+                       np.int64)
+      expected = rows.copy()
+      expected[added] = self.num_items + np.arange(len(added))
+      if not np.array_equal(got, expected) or self.searcher.size() != self.num_items + len(
+          added):
+        raise RuntimeError("ScaNN's upsert placed rows other than expected")
+    embeddings = np.concatenate([self.embeddings, vectors[added]])
+    embeddings[rows[old]] = vectors[old]
+    ids = np.concatenate([np.asarray(self.item_ids, dtype=object),
+                          np.asarray(item_ids, dtype=object)[added]])
+    ids[rows[old]] = np.asarray(item_ids, dtype=object)[old]
+    self.embeddings, self.item_ids, self._exact = embeddings, ids, None
+
+
 def scann_pybind():
   from scann.scann_ops.py import scann_ops_pybind
   return scann_ops_pybind

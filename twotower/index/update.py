@@ -116,22 +116,17 @@ def apply(index: Index, new_ids: np.ndarray, new_embeddings: np.ndarray, d: Diff
   reuse = min(len(d.deleted), len(d.added))
   # One upsert: moved rows and reused deleted rows updated in place, the rest appended.
   update_rows = np.concatenate([d.moved_old, d.deleted[:reuse]]).astype(np.int64)
-  update_src = np.concatenate([d.moved_new, d.added[:reuse]]).astype(np.int64)
-  append_src = d.added[reuse:]
-  targets: list[Optional[int]] = [int(r) for r in update_rows] + [None] * len(append_src)
-  vectors = new_embeddings[np.concatenate([update_src, append_src]).astype(np.int64)]
-  if targets:
-    got = raw.upsert(targets, list(vectors), batch_size)
-    expected = np.concatenate([update_rows, index.num_items + np.arange(len(append_src))])
-    if not np.array_equal(np.asarray(got, np.int64), expected):
-      raise IntegrityError("ScaNN's upsert placed rows other than expected; rebuild the index")
-  # One writable copy of the old rows (a loaded index's are memory-mapped) plus the appended.
-  emb = np.empty((index.num_items + len(append_src), index.embeddings.shape[1]), np.float32)
-  emb[:index.num_items] = index.embeddings
-  emb[index.num_items:] = new_embeddings[append_src]
-  ids = np.concatenate([np.asarray(index.item_ids, dtype=object), new_ids[append_src]])
-  emb[update_rows] = new_embeddings[update_src]
-  ids[update_rows] = new_ids[update_src]
+  rows = np.concatenate([update_rows, np.full(len(d.added) - reuse, -1, np.int64)])
+  src = np.concatenate([d.moved_new, d.added]).astype(np.int64)
+  # Index.upsert mutates the searcher and replaces (never writes into) the arrays it holds,
+  # so the old index's memory-mapped rows stay as they were.
+  updated = Index(index.kind, index.embeddings, index.searcher, dict(index.params),
+                  np.asarray(index.item_ids, dtype=object))
+  try:
+    updated.upsert(rows, new_embeddings[src], new_ids[src], batch_size)
+  except RuntimeError as e:
+    raise IntegrityError(f"{e}; rebuild the index") from None
+  emb, ids = updated.embeddings, np.asarray(updated.item_ids, dtype=object)
   gone = np.sort(d.deleted[reuse:])[::-1]   # descending: the last row is never one to delete
   if len(gone):
     raw.delete([int(r) for r in gone])

@@ -16,6 +16,8 @@ def evaluate_workdir(workdir: str, ks: Sequence[int] | None = None,
   """Exact full-corpus metrics (twotower.evaluate) of the best model on validation and test,
   and of the most-popular baseline on test. After a refit that is the selection model, whose
   validation and test events are held out (the refit trained on them); ``"model"`` says so.
+  Each split's figures hold its ``cold`` and ``warm`` slices: the targets whose item has no
+  event in the training split (what that model trained on), and the others.
 
   Also stored under ``evaluation`` in the run's metrics.json, next to what training wrote.
   ``run``: this workdir's already loaded ``TrainedRun``.

@@ -1,9 +1,11 @@
 """The twotower-export job: a trained and indexed workdir -> a serving export directory.
 
-What goes into an export (the raw-string query SavedModel, per-user defaults, the item
-table) is built by ``twotower.export_artifacts``; this job loads the run, checks its index against the
-trained item tower, writes everything into a temporary directory with a manifest (package
-versions, config, signatures, sha256 of every file) and swaps it in atomically.
+What goes into an export (the raw-string query and item SavedModels, per-user defaults, the
+item table) is built by ``twotower.export_artifacts``; this job loads the run, checks its
+index against the trained item tower, checks that each SavedModel reproduces its tower on
+raw strings (known users; corpus items, cold ones among them), writes everything into a
+temporary directory with a manifest (package versions, config, signatures, sha256 of every
+file) and swaps it in atomically.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from twotower.export_layout import (
   FORMAT,
   INDEX_DIR,
   ITEM_FEATURES,
+  ITEM_MODEL,
   MANIFEST,
   QUERY_MODEL,
   USER_DEFAULTS,
@@ -87,8 +90,9 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
   run = run or load_trained(workdir)
   index = index_lib.load_index(wd.index)
   encoder = Encoder(run.model, run.data)
+  corpus = encoder.items()
   try:   # by item id: an updated index (--update_from) holds its rows in its own order
-    index_update.check_matches(index, run.data.item_vocab.tokens, encoder.items())
+    index_update.check_matches(index, run.data.item_vocab.tokens, corpus)
   except index_lib.IntegrityError as e:
     raise index_lib.IntegrityError(
         f"{wd.index} does not index the trained model's items and embeddings ({e}; was the "
@@ -111,6 +115,7 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
     _save_query_model(run, index, index_meta, os.path.join(tmp, INDEX_DIR),
                       os.path.join(tmp, QUERY_MODEL), history_length, defaults,
                       check_rows, expected)
+    _save_item_model(run, os.path.join(tmp, ITEM_MODEL), corpus)
     writers = list(extra_writers)
     if include_ranking:
       writers.insert(0, lambda run_, out: ranking_lib.export_ranking_model(workdir, out, run_))
@@ -126,7 +131,7 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
         "index": {k: index_meta[k] for k in ("kind", "metric", "num_items", "dim",
                                              "fingerprint", "params", "searcher_dir")},
         "history_length": history_length,
-        "user_features": [s.describe() for s in run.data.user_features.specs],
+        "user_features": _described(run.data.user_features.specs, export_lib.QUERY_INPUTS),
         "item_features": ({"path": ITEM_FEATURES, "columns": item_columns}
                           if item_columns is not None else None),
         "query_model": {
@@ -140,12 +145,19 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
                 "brute_force": "exact top-k item ids and scores",
                 "embed": "user embedding"},
             "inputs": {"user_id": "string [B]", "history": "string [B, L] ('' padded)",
-                       **{s.name: "string [B]" + {
-                           types.TOKEN_SEQ: " (space/'|'-separated tokens)",
-                           types.TEXT: " (free text)"}.get(s.kind, "")
-                          for s in run.data.user_features.specs},
+                       **_feature_inputs(run.data.user_features.specs,
+                                         export_lib.QUERY_INPUTS),
                        "k": "int32 scalar (serving_default, brute_force)"},
             "shared_name": _shared_name(index_meta)},
+        "item_model": {
+            "path": ITEM_MODEL,
+            "requires": ["tensorflow"],
+            "signatures": {"serving_default": "item embedding [B, D] (\"embedding\")"},
+            "inputs": {"item_id": "string [B] (an id the run does not know: a new item, "
+                                  "embedded from its features)",
+                       **_feature_inputs(run.data.item_features.specs,
+                                         export_lib.ITEM_INPUTS)},
+            "features": _described(run.data.item_features.specs, export_lib.ITEM_INPUTS)},
         "ranking_model": ({"path": ranking_lib.SAVED_MODEL_DIR, "requires": ["tensorflow"],
                            "signatures": {"serving_default": "scores of candidate item ids"}}
                           if include_ranking else None),
@@ -156,6 +168,21 @@ def export(workdir: str, export_dir: Optional[str] = None, *,
     fileio.atomic_write_json(os.path.join(tmp, MANIFEST), manifest)
   logging.info("exported %s (%s index over %d items)", export_dir, index.kind, index.num_items)
   return export_dir
+
+
+def _feature_inputs(specs, reserved: tuple) -> dict:
+  """A SavedModel's feature inputs as the manifest describes them, by input name."""
+  names = export_lib.input_names(specs, reserved)
+  return {names[s.name]: "string [B]" + {types.TOKEN_SEQ: " (space/'|'-separated tokens)",
+                                         types.TEXT: " (free text)"}.get(s.kind, "")
+          + ("" if names[s.name] == s.name else f" (column {s.name})")
+          for s in specs}
+
+
+def _described(specs, reserved: tuple) -> list[dict]:
+  """Each feature's spec, with the name of its SavedModel input ("input")."""
+  names = export_lib.input_names(specs, reserved)
+  return [dict(s.describe(), input=names[s.name]) for s in specs]
 
 
 def _copy_index(index_dir: str, tmp: str) -> dict:
@@ -200,3 +227,24 @@ def _save_query_model(run, index, index_meta, searcher_dir, path, history_length
       raise ValueError(f"the exported {name} function returned non-finite scores")
   tf.saved_model.save(module, path, signatures=signatures,
                       options=tf.saved_model.SaveOptions(namespace_whitelist=[export_lib.SCANN_NAMESPACE]))
+
+
+def _save_item_model(run, path, corpus: np.ndarray) -> None:
+  """Saves the item SavedModel after checking it on raw strings: a spread of corpus items
+  and the first cold ones (no trained id row: they read the OOV row) must get the vectors
+  the trained item tower gave them (``corpus``, the index's)."""
+  import tensorflow as tf
+  tower, data = run.model.item_tower, run.data
+  module, signatures = export_lib.build_item_module(tower, data)
+  n = data.num_items
+  check = np.linspace(0, n - 1, min(n, 16)).astype(int)
+  if tower.trained_ids is not None:
+    cold = np.flatnonzero(~tower.trained_ids.numpy()[data.item_vocab.offset:])
+    check = np.union1d(check, cold[:16])
+  inputs = export_lib.item_inputs(data.item_features.specs, run.item_table,
+                                  data.item_vocab.tokens[check])
+  got = module.embed(inputs)["embedding"].numpy()
+  if not np.allclose(got, corpus[check], atol=1e-5):
+    raise AssertionError("the exported item model disagrees with the trained item tower "
+                         f"(max |diff| {np.abs(got - corpus[check]).max():.3g})")
+  tf.saved_model.save(module, path, signatures=signatures)

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tf_keras
 
 from twotower.data import text, types
-from twotower.data.features import SEPARATORS
+from twotower.data.features import tokenize_tf
 from twotower.data.pipeline import HISTORY
 from twotower.data.vocab import PAD, Vocabulary
 from twotower.model.ranking import RankingModel
@@ -30,15 +30,6 @@ def _string_lookup(vocab: Vocabulary) -> tf_keras.layers.StringLookup:
     raise ValueError(f"StringLookup maps {probe[bad]!r} to {got[bad]}, the vocabulary to "
                      f"{want[bad]}: the exported model would disagree with training")
   return layer
-
-
-def tokenize_in_graph(values: tf.Tensor, max_tokens: int) -> tf.Tensor:
-  """[B] raw multi-valued strings -> [B, max_tokens] tokens, '' padded (twin of
-  features.tokenize: strip, split on runs of spaces / '|', keep the first max_tokens)."""
-  joined = tf.strings.regex_replace(tf.strings.strip(values), SEPARATORS, "|")
-  parts = tf.strings.split(joined, sep="|")
-  parts = tf.ragged.boolean_mask(parts, tf.not_equal(parts, ""))
-  return parts[:, :max_tokens].to_tensor(default_value="", shape=[None, max_tokens])
 
 
 class _RawRanker(tf.Module):
@@ -81,7 +72,7 @@ class _RawRanker(tf.Module):
     for s in self._specs:
       raw = inputs[s.name]
       if s.kind == types.TOKEN_SEQ:
-        raw = tokenize_in_graph(raw, s.max_tokens)
+        raw = tokenize_tf(raw, s.max_tokens)
       elif s.kind == types.TEXT:
         raw = text.tokenize_tf(raw, s.max_tokens)
       user[s.name] = tf.cast(self.feature_lookups[s.name](raw), tf.int32)

@@ -43,14 +43,16 @@ def split_metrics(model, data: prepare_lib.PreparedData, split_code: int, config
                   encoder: Optional[Encoder] = None,
                   queries: Optional[prepare_lib.EvalQueries] = None) -> dict:
   """Exact full-corpus metrics of the model on one split's queries (``split_queries``
-  unless given), and how many of the split's users they cover."""
+  unless given), and how many of the split's users they cover; with the cold and warm
+  slices (``cold_slices``)."""
   encoder = encoder or Encoder(model, data)
   queries = queries if queries is not None else split_queries(data, split_code, config)
   if len(queries.user) == 0:
     return {"num_users": 0, "num_users_in_split": queries.split_users}
   return {**evaluate_lib.retrieval_metrics(
               encoder.users(queries.user, queries.history), encoder.items(),
-              queries.targets, queries.exclude, ks=config.train.eval_ks),
+              queries.targets, queries.exclude, ks=config.train.eval_ks,
+              slices=cold_slices(data)),
           "num_users_in_split": queries.split_users}
 
 
@@ -58,8 +60,15 @@ def most_popular_metrics(data: prepare_lib.PreparedData, split_code: int, config
                          queries: Optional[prepare_lib.EvalQueries] = None) -> dict:
   queries = queries if queries is not None else split_queries(data, split_code, config)
   return {**evaluate_lib.most_popular_metrics(data.train_item_counts(), queries.targets,
-                                              queries.exclude, ks=config.train.eval_ks),
+                                              queries.exclude, ks=config.train.eval_ks,
+                                              slices=cold_slices(data)),
           "num_users_in_split": queries.split_users}
+
+
+def cold_slices(data: prepare_lib.PreparedData) -> dict:
+  """The cold items (no event in ``data``'s training split: the data the evaluated model
+  trained on, a refit's ``refit.refit_data``) and the warm ones, as evaluation slices."""
+  return evaluate_lib.cold_slices(data.train_item_counts() > 0)
 
 
 def build_model(data: prepare_lib.PreparedData, config: Config):

@@ -129,6 +129,8 @@ class RefitTrainer(loop.Trainer):
   def final_metrics(self, valid: Optional[dict]) -> dict:
     if self.config.train.refit == "all":   # nothing is held out any more
       return {}
+    # self.data is the refit's (refit_data): its cold slice is the test targets whose item
+    # has no event in train+valid, what this model trained on.
     return {"test": loop.split_metrics(self.model, self.data, splits.TEST, self.config,
                                        self.encoder),
             "most_popular_test": loop.most_popular_metrics(self.data, splits.TEST,

@@ -22,7 +22,7 @@ import dataclasses
 import glob
 import os
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -111,6 +111,16 @@ class MetricsRecord:
     entry = whole if self.section is None else whole.setdefault(self.section, {})
     entry.setdefault("final", {}).update(extra)
     fileio.atomic_write_json(self.path, whole)
+
+
+def _scalars(metrics: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
+  """(name, value) of every number in a metrics dict; a nested dict (an evaluation slice,
+  e.g. ``cold``) gives ``cold/recall@50``."""
+  for name, value in metrics.items():
+    if isinstance(value, dict):
+      yield from _scalars(value, f"{prefix}{name}/")
+    elif isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+      yield f"{prefix}{name}", float(value)
 
 
 def save_config(path: str, config) -> None:
@@ -359,7 +369,7 @@ class Runner:
   def _summaries(self, record: dict) -> None:
     prefix = self.files.summary_prefix
     with self.writer.as_default(step=record["step"]):
-      for metric, value in record["valid"].items():
+      for metric, value in _scalars(record["valid"]):
         tf.summary.scalar(f"{prefix}valid/{metric}", value)
       tf.summary.scalar(f"{prefix}train/examples_per_second", record["examples_per_second"])
       tf.summary.scalar(f"{prefix}train/learning_rate", record["learning_rate"])
