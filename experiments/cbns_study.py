@@ -24,6 +24,14 @@ within a run only; peak memory is the process's resident high-water mark during 
   python experiments/cbns_study.py --dataset=synthetic --synthetic_items=200000 \\
       --synthetic_users=50000 --synthetic_interactions=2000000 --step_limit=2000 \\
       --variants=256:0,2048:0,256:2048,256:4096,256:2048:off,256:0:on:256,256:2048:on:256
+  # issue 16: the encoder-heavy corpus (attention over 32-token titles), curves every 1,000 steps
+  python experiments/cbns_study.py --dataset=synthetic --synthetic_items=200000 \\
+      --synthetic_users=10000 --synthetic_interactions=1000000 --synthetic_clusters=500 \\
+      --synthetic_affinity_temperature=0.05 --synthetic_title_tokens=32 --text_features=title \\
+      --text_encoder=attention --seed=16 --step_limit=3000 --eval_every_steps=1000 \\
+      --eval_users=2000 --patience=100 --lr_plateau_patience=100 \\
+      --variants=256:0,2048:0@375+eval_every_steps=125,256:2048 \\
+      --plot_prefix=experiments/plots/synthetic200k_text
 
 Validation Recall@20 against training seconds and the embedding drift against steps come
 out as PNGs with ``--plot_prefix``.
