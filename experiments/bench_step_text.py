@@ -6,7 +6,8 @@ to the in-batch step of the same B should fall towards 1 as the text encoder gro
 ``--encoders`` size this times, on the same materialised batches and in interleaved rounds
 (one step of each variant in turn, the order rotated every turn, so that machine noise hits every variant alike), the trainer's own step (``loop.Trainer.train_step``
 with the loop's per-step host sync and drift monitor) for in-batch B, CBNS + query memory
-(M = M_u = ``--queue_size``) and the paper's queue alone (query memory off); queues are on
+(M = M_u = ``--queue_size``), the same decoupled (``--queue_decoupled``) and the paper's
+queue alone (query memory off); queues are on
 from the first step and full before the timing starts. Beside them it times the bare products
 of bench_step_parts.py (the [B, B + M] logits, softmax and gradients, and the memory's [M, B]
 log-sum-exp, towers excluded) in numpy and TensorFlow: ``floor_over_in_batch`` is the ratio
@@ -50,7 +51,8 @@ FLAGS = flags.FLAGS
 
 VARIANTS = {"in_batch": {"queue_size": 0},
             "cbns_memory": {},
-            "cbns_no_memory": {"query_memory_size": 0}}
+            "cbns_no_memory": {"query_memory_size": 0},
+            "cbns_memory_decoupled": {"queue_decoupled": True}}
 
 
 def _config():
@@ -141,6 +143,8 @@ def main(argv):
                          for name in VARIANTS},
         "cbns_memory_over_in_batch": round(med[(encoder, "cbns_memory")] / base, 3),
         "cbns_no_memory_over_in_batch": round(med[(encoder, "cbns_no_memory")] / base, 3),
+        "cbns_memory_decoupled_over_in_batch": round(
+            med[(encoder, "cbns_memory_decoupled")] / base, 3),
         "floor_over_in_batch": {kind: round((base + extra) / base, 3)
                                 for kind, extra in floor.items()}}
   emit({"dataset": data.name, "num_items": data.num_items, "batch_size": batch_size,
