@@ -114,38 +114,45 @@ def test_order_aware_encoders_see_word_order(kind):
     np.testing.assert_allclose(out[0], out[1], atol=1e-5)
 
 
-def _item_tower(id_dropout, trained):
+def _item_tower(id_dropout, counts):
   config = ModelConfig(embedding_dim=4, id_embedding_dim=4, item_layers=(8,))
   tf.random.set_seed(2)
-  return ItemTower(len(trained), [], config, id_dropout=id_dropout, trained=trained, seed=3)
+  return ItemTower(len(counts), [], config, id_dropout=id_dropout, train_counts=counts, seed=3)
 
 
 def test_items_without_training_events_read_the_oov_row():
-  trained = np.array([False, False, True, True, False])   # pad, oov, 2 warm, 1 cold
-  tower = _item_tower(0.1, trained)
+  counts = np.array([0, 0, 5, 3, 0])   # pad, oov, 2 warm items, 1 cold
+  tower = _item_tower(0.1, counts)
   out = tower({"item_id": tf.constant([2, 3, 4, FIRST_OOV])}).numpy()
   np.testing.assert_allclose(out[2], out[3], atol=1e-6)       # cold == OOV
   assert np.abs(out[0] - out[2]).max() > 1e-4
   # Without item id dropout the OOV row is never trained, so nothing is mapped.
-  plain = _item_tower(0.0, trained)
+  plain = _item_tower(0.0, counts)
   out = plain({"item_id": tf.constant([4, FIRST_OOV])}).numpy()
   assert np.abs(out[0] - out[1]).max() > 1e-4
 
 
-def test_item_id_dropout_replaces_about_its_share_of_ids_in_training_only():
-  trained = np.ones(1000, bool)
-  tower = _item_tower(0.25, trained)
-  ids = tf.range(2, 1000)
-  dropped = tower.embedding_ids(ids, training=True).numpy() == FIRST_OOV
-  assert 0.2 < dropped.mean() < 0.3
+def test_item_id_dropout_drops_every_item_about_equally_often_in_training_only():
+  # 100 popular items (100 events each) and 900 tail items (1 event each): mean count 10.9.
+  counts = np.concatenate([[0, 0], np.full(100, 100), np.ones(900, int)])
+  tower = _item_tower(0.05, counts)
+  ids = tf.constant(np.arange(2, 1002))
+  draws = np.stack([tower.embedding_ids(ids, training=True).numpy() == FIRST_OOV
+                    for _ in range(200)])
+  rate = draws.mean(axis=0)
+  # Per row: min(1, 0.05 * 10.9 / count): 0.00545 for a popular item, 0.545 for a tail one,
+  # so per epoch each is dropped about 0.545 times (row dropout would drop the popular 5x).
+  np.testing.assert_allclose(rate[:100].mean(), 0.00545, atol=0.002)
+  np.testing.assert_allclose(rate[100:].mean(), 0.545, atol=0.02)
+  assert abs(rate[:100].mean() * 100 - rate[100:].mean() * 1) < 0.1
   np.testing.assert_array_equal(tower.embedding_ids(ids, training=False).numpy(), ids.numpy())
 
 
 def test_the_trained_mask_is_restored_from_a_checkpoint(tmp_path):
-  tower = _item_tower(0.1, np.array([False, False, True, True, True]))
+  tower = _item_tower(0.1, np.array([0, 0, 4, 2, 1]))
   tower({"item_id": tf.constant([2])})
   path = tf.train.Checkpoint(tower=tower).save(str(tmp_path / "ckpt"))
-  narrower = _item_tower(0.1, np.array([False, False, True, False, False]))
+  narrower = _item_tower(0.1, np.array([0, 0, 4, 0, 0]))
   narrower({"item_id": tf.constant([2])})
   tf.train.Checkpoint(tower=narrower).read(path).expect_partial()
   np.testing.assert_array_equal(narrower.trained_ids.numpy(), [False, False, True, True, True])

@@ -358,11 +358,11 @@ class TwoTowerModel(tfrs.Model):
 
 def build_retrieval_model(data, config) -> TwoTowerModel:
   """Towers, queue and loss for a prepared dataset and a twotower.config.Config."""
-  id_dropout = config_lib.item_id_dropout(config)
-  trained = np.zeros(len(data.item_vocab), bool)
-  trained[data.item_vocab.offset:] = data.train_item_counts() > 0
+  counts = np.zeros(len(data.item_vocab), np.int64)
+  counts[data.item_vocab.offset:] = data.train_item_counts()
   item_tower = ItemTower(len(data.item_vocab), data.item_features.specs, config.model,
-                         id_dropout=id_dropout, trained=trained, seed=config.train.seed)
+                         id_dropout=config_lib.item_id_dropout(config), train_counts=counts,
+                         seed=config.train.seed)
   user_tower = UserTower(len(data.user_vocab), data.user_features.specs, config.model,
                          item_tower.id_embedding)
   queue_size = resolve_queue_size(config.loss, config.train.batch_size, data.num_items,
