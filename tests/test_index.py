@@ -208,3 +208,29 @@ def test_atomic_directory_recovers_from_a_killed_writer(tmp_path):
   fileio._recover(str(tmp_path), "out")  # pylint: disable=protected-access
   assert open(os.path.join(target, "v")).read() == "old"
   assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_searching_with_exclusions_goes_in_chunks_sized_by_their_own_heaviest_user(
+    scann_index, monkeypatch):
+  """One user with many exclusions must not deepen every query's search: each chunk asks
+  for k more than its own most excluded (a 1M-item mining run ran out of memory before)."""
+  from twotower.index import searcher as searcher_lib
+  index, queries = scann_index
+  q = queries[:6]
+  exclude = ItemSets.from_lists([list(range(300)), [5], [], [7, 8], [], [1]])
+  whole, _ = index.search(q, 10, exclude=exclude)
+  asked = []
+  search = index.search
+
+  def spy(queries, k, *args, **kwargs):
+    asked.append((len(queries), k))
+    return search(queries, k, *args, **kwargs)
+
+  monkeypatch.setattr(searcher_lib, "_EXCLUDING_CHUNK", 2)
+  monkeypatch.setattr(index, "search", spy)
+  chunked, _ = searcher_lib.Index._search_excluding(index, q, 10, exclude)
+  assert [a for a in asked if a[0] > 1] == [(2, 310), (2, 12), (2, 11)]
+  for row, banned in enumerate([range(300), [5], [], [7, 8], [], [1]]):
+    assert not set(chunked[row]) & set(banned)
+    assert (chunked[row] >= 0).all()
+  np.testing.assert_array_equal(chunked[1:], whole[1:])

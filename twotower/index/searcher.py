@@ -91,7 +91,15 @@ class Index:
                         exclude: ItemSets) -> tuple[np.ndarray, np.ndarray]:
     """The approximate top-k without each query's excluded rows: asks for k more than the
     most excluded and drops them, so exclusions are removed before the cut; a row that
-    still comes back short (fewer than k left found) is searched exactly."""
+    still comes back short (fewer than k left found) is searched exactly. Queries go in
+    chunks, each asking for k more than its own most excluded, so one heavy user does not
+    deepen (and grow the result arrays of) every query's search."""
+    if len(queries) > _EXCLUDING_CHUNK:
+      parts = [self._search_excluding(
+          queries[start:start + _EXCLUDING_CHUNK], k,
+          exclude.subset(np.arange(start, min(start + _EXCLUDING_CHUNK, len(queries)))))
+          for start in range(0, len(queries), _EXCLUDING_CHUNK)]
+      return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     lengths = exclude.lengths()
     rows, scores = self.search(queries, min(self.num_items, k + int(lengths.max(initial=0))))
     out_rows = np.full((len(queries), k), -1, np.int64)
@@ -141,6 +149,10 @@ class Index:
                           np.asarray(item_ids, dtype=object)[added]])
     ids[rows[old]] = np.asarray(item_ids, dtype=object)[old]
     self.embeddings, self.item_ids, self._exact = embeddings, ids, None
+
+
+# Queries per approximate search with exclusions (Index._search_excluding).
+_EXCLUDING_CHUNK = 1024
 
 
 def scann_pybind():
