@@ -86,7 +86,8 @@ def declare_text(tables: list[Optional[types.Table]], names, what: str) -> None:
       files = ", ".join(f"{t.path} ({', '.join(c for c in t.columns)})" for t in present)
       raise types.DataError(
           f"--text_features names column '{name}', which no feature table has; "
-          f"the tables are: {files or f'none (pass {what})'}", field=name)
+          f"the tables are: {files or f'none (pass {what})'}",
+          path=" and ".join(t.path for t in present) or None, field=name)
     for table in holders:
       column = np.asarray(table.columns[name], dtype=object)
       if not (pd.Series(column, dtype=object).fillna("").astype(str).str.strip() != "").any():
