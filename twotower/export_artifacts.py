@@ -52,8 +52,8 @@ import pandas as pd
 
 from twotower import fileio, topk
 from twotower import index as index_lib
-from twotower.data import text, types
-from twotower.data.features import tokenize_tf
+from twotower.data import types
+from twotower.data.features import raw_feature_matrix_tf
 from twotower.data.histories import latest_histories
 from twotower.data.vocab import FIRST_OOV, PAD, Vocabulary
 from twotower.export_layout import ITEM_FEATURES, MANIFEST, USER_DEFAULTS
@@ -114,11 +114,7 @@ def right_align(ids, length: int):
 def _feature_ids(spec, table, raw):
   """[B] raw strings of one side feature -> its id matrix, as ``features.encode_table``
   builds it in training: tokenised (token_seq, text), then looked up."""
-  if spec.kind == types.TOKEN_SEQ:
-    raw = tokenize_tf(raw, spec.max_tokens)
-  elif spec.kind == types.TEXT:
-    raw = text.tokenize_tf(raw, spec.max_tokens)
-  return lookup_ids(table, spec.vocab.num_oov_buckets, raw)
+  return lookup_ids(table, spec.vocab.num_oov_buckets, raw_feature_matrix_tf(raw, spec))
 
 
 def input_names(specs, reserved: tuple) -> dict[str, str]:

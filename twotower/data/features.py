@@ -64,6 +64,16 @@ def tokenize_tf(strings, max_tokens: int):
   return parts.to_tensor(default_value="", shape=[None, max_tokens])
 
 
+def raw_feature_matrix_tf(strings, spec: FeatureSpec):
+  """In-graph twin of ``raw_feature_matrix`` for the exports: [B] raw strings of one
+  feature -> its raw token matrix (tokenised for token_seq and text)."""
+  if spec.kind == types.TOKEN_SEQ:
+    return tokenize_tf(strings, spec.max_tokens)
+  if spec.kind == types.TEXT:
+    return text.tokenize_tf(strings, spec.max_tokens)
+  return strings
+
+
 def raw_feature_matrix(column: np.ndarray, spec: FeatureSpec) -> np.ndarray:
   """Raw strings of one feature column, shaped as the spec's id matrix."""
   if spec.kind == types.TOKEN_SEQ:

@@ -9,8 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from twotower.data import text, types
-from twotower.data.features import tokenize_tf
+from twotower.data.features import raw_feature_matrix_tf
 from twotower.data.pipeline import HISTORY
 from twotower.data.vocab import PAD, Vocabulary
 from twotower.model.ranking import RankingModel
@@ -70,11 +69,7 @@ class _RawRanker(tf.Module):
         default_value=PAD, shape=[None, self._length]), axis=[1])
     user = {"user_id": self.user_lookup(inputs["user_id"]), HISTORY: tf.cast(history, tf.int32)}
     for s in self._specs:
-      raw = inputs[s.name]
-      if s.kind == types.TOKEN_SEQ:
-        raw = tokenize_tf(raw, s.max_tokens)
-      elif s.kind == types.TEXT:
-        raw = text.tokenize_tf(raw, s.max_tokens)
+      raw = raw_feature_matrix_tf(inputs[s.name], s)
       user[s.name] = tf.cast(self.feature_lookups[s.name](raw), tf.int32)
     user["user_id"] = tf.cast(user["user_id"], tf.int32)
     item_ids = inputs["item_ids"]
