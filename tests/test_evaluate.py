@@ -371,5 +371,24 @@ def test_most_popular_matches_reference(mode):
                            targets, exclude, ks)
   got = evaluate.most_popular_metrics(counts, ItemSets.from_lists(targets),
                                       ItemSets.from_lists(exclude), ks=ks,
-                                      max_chunk_elements=10 * 50)
+                                      users_per_chunk=7)
   assert_metrics_close(got, want)
+
+
+def test_most_popular_ranks_exactly_as_scoring_its_order_would():
+  # The baseline ranks without scoring (its order less each user's exclusions); it must give
+  # the very figures of scoring every item by its count's dense rank through the model path,
+  # slices and the full-corpus MRR of users with no target in the top K included.
+  _, _, targets, exclude = random_case(seed=9, num_users=80, num_items=300)
+  counts = np.random.default_rng(9).integers(0, 12, 300)   # many ties
+  targets, exclude = ItemSets.from_lists(targets), ItemSets.from_lists(exclude)
+  slices = evaluate.cold_slices(counts > 4)
+  dense = np.unique(counts, return_inverse=True)[1].astype(np.float32)[:, None]
+  for ks in ((1, 5, 20), (3, 400)):   # users missing the top 20 (MRR off the corpus); K > N
+    want = evaluate.retrieval_metrics(np.ones((80, 1), np.float32), dense, targets, exclude,
+                                      ks=ks, slices=slices)
+    got = evaluate.most_popular_metrics(counts, targets, exclude, ks=ks, users_per_chunk=7,
+                                        slices=slices)
+    assert got == want
+  assert 0 < got["mrr"] < got["hit_rate@400"] == 1.0
+  assert want["hit_rate@3"] < 1.0 and want["cold"]["num_users"] > 0

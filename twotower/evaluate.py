@@ -33,13 +33,14 @@ is numpy, on an accelerator TensorFlow, where the scores are.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from twotower import metrics as metrics_lib
 from twotower import topk
+from twotower.data import keys as keys_lib
 from twotower.data.itemsets import ItemSets
 
 DEFAULT_KS = (10, 20, 50, 100)
@@ -83,60 +84,74 @@ def retrieval_metrics(query_embeddings: np.ndarray,
   """
   items = topk.check_items(item_embeddings)
   queries = topk.check_queries(query_embeddings, items)
-  num_users, num_items = len(queries), len(items)
-  ks = _check_ks(ks)
-  targets = topk.check_sets(targets, num_users, num_items, "targets")
-  exclude = topk.check_sets(exclude, num_users, num_items, "exclude")
-  masks = _check_slices(slices, num_items)
-  target_keys = _pair_keys(targets, num_items)
-  exclude_keys = (np.unique(_pair_keys(exclude, num_items)) if exclude is not None
-                  else np.zeros(0, np.int64))
-  target_keys = target_keys[~np.isin(target_keys, exclude_keys)]   # cannot be retrieved
-  target_keys = np.unique(target_keys)   # also drops duplicate targets
-  counts = np.bincount(target_keys // num_items, minlength=num_users)
-  kept = np.flatnonzero(counts)
-  # The non-excluded corpus of each evaluated user (a random ranking's candidates).
-  candidates = num_items - np.bincount(exclude_keys // num_items, minlength=num_users)[kept]
-  metrics = _UserMetrics(ks, min(max(ks), num_items), len(kept), masks, candidates)
-  if len(kept):
-    # Only the evaluated users are scored, in order; their targets as sorted row-major keys.
-    target_keys = (np.searchsorted(kept, target_keys // num_items) * num_items
-                   + target_keys % num_items)
-    target_ptr = np.zeros(len(kept) + 1, np.int64)
-    np.cumsum(counts[kept], out=target_ptr[1:])
-    exclude = exclude.subset(kept) if exclude is not None else None
+  evaluated = _Evaluated.of(targets, exclude, len(queries), len(items), ks, slices)
+  metrics = evaluated.metrics
+  if len(evaluated.kept):
+    num_items = len(items)
 
     def consume(start, scores, _, top_indices, maxima):
-      keys = target_keys[target_ptr[start]:target_ptr[start + len(top_indices)]]
-      metrics.add(start, scores, np.asarray(top_indices).astype(np.int64, copy=False),
-                  keys - start * num_items, num_items, maxima)
+      keys = evaluated.keys(start, len(top_indices))
 
-    topk.for_each_chunk(queries[kept], topk.Corpus(items).layout(metrics.depth), exclude,
-                        max_chunk_elements, progress, consume)
-  return metrics.result(num_users_skipped=num_users - len(kept))
+      def best_ranks(missed: np.ndarray) -> np.ndarray:
+        best, best_item = _best_targets(scores, keys, missed, num_items)
+        return _count_ahead(scores, missed, best, best_item, maxima)
+
+      metrics.add(start, np.asarray(top_indices).astype(np.int64, copy=False), keys,
+                  num_items, best_ranks)
+
+    topk.for_each_chunk(queries[evaluated.kept], topk.Corpus(items).layout(metrics.depth),
+                        evaluated.exclude, max_chunk_elements, progress, consume)
+  return evaluated.result()
 
 
 def most_popular_metrics(train_item_counts: np.ndarray,
                          targets: ItemSets,
                          exclude: ItemSets | None = None,
                          ks: Sequence[int] = DEFAULT_KS,
-                         max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS,
+                         users_per_chunk: int = 1 << 13,
                          slices: Mapping[str, np.ndarray] | None = None) -> dict:
-  """The same metrics for ranking every user's items by training popularity.
+  """The same metrics for ranking every user's items by training popularity (equal counts:
+  lower index first), with the identical protocol, exclusions and slices.
 
-  Runs through ``retrieval_metrics`` with 1-dimensional embeddings (query 1, item = the dense
-  rank of its count), so the baseline gets the identical protocol, exclusions, tie-break
-  (equal counts: lower index first) and slices. Dense ranks rather than raw counts keep the
-  scores exact in float32 however large the counts grow.
+  Every user's list is the one popularity order less their excluded items, so it is not
+  scored: a target at position p of the order ranks p minus the user's excluded items ahead
+  of it. The cost is in targets and exclusions, not users x items; scoring 180k users
+  against 1M items took as long as evaluating the model (experiments/RESULTS.md).
+  ``users_per_chunk`` bounds the top lists held at once.
   """
   counts = np.asarray(train_item_counts)
   if counts.ndim != 1 or len(counts) == 0:
     raise ValueError(f"train_item_counts must be a non-empty 1-D array, got shape {counts.shape}")
-  _, dense_rank = np.unique(counts, return_inverse=True)
-  items = dense_rank.astype(np.float32).reshape(-1, 1)
-  queries = np.ones((targets.num_rows, 1), np.float32)
-  return retrieval_metrics(queries, items, targets, exclude, ks, max_chunk_elements,
-                           slices=slices)
+  num_items = len(counts)
+  evaluated = _Evaluated.of(targets, exclude, targets.num_rows, num_items, ks, slices)
+  kept, metrics = evaluated.kept, evaluated.metrics
+  if not len(kept):
+    return evaluated.result()
+  position = np.empty(num_items, np.int64)
+  position[np.argsort(-counts.astype(np.int64), kind="stable")] = np.arange(num_items)
+  # Every evaluated user's excluded items as sorted keys local row * N + position.
+  excluded = evaluated.exclude
+  excluded_keys = np.zeros(0, np.int64)
+  if excluded is not None:
+    excluded_rows = np.repeat(np.arange(len(kept), dtype=np.int64), excluded.lengths())
+    excluded_keys = keys_lib.unique(keys_lib.pair_keys(excluded_rows, position[excluded.indices],
+                                                       num_items))
+  keys = evaluated.target_keys
+  rows, items = keys // num_items, keys % num_items
+  # 0-based rank of each target: its position less the user's excluded items before it.
+  rank = position[items] - (np.searchsorted(excluded_keys, rows * num_items + position[items])
+                            - np.searchsorted(excluded_keys, rows * num_items))
+  best = np.full(len(kept), num_items, np.int64)
+  np.minimum.at(best, rows, rank)
+  for start in range(0, len(kept), max(1, int(users_per_chunk))):
+    end = min(start + users_per_chunk, len(kept))
+    lo, hi = evaluated.target_ptr[start], evaluated.target_ptr[end]
+    top = np.full((end - start, metrics.depth), -1, np.int64)   # only the hits are needed
+    shown = rank[lo:hi] < metrics.depth
+    top[rows[lo:hi][shown] - start, rank[lo:hi][shown]] = items[lo:hi][shown]
+    metrics.add(start, top, evaluated.keys(start, end - start), num_items,
+                best[start:end].take)   # the missed rows' best ranks
+  return evaluated.result()
 
 
 def cold_slices(trained: np.ndarray) -> dict[str, np.ndarray]:
@@ -172,10 +187,60 @@ def _check_slices(slices: Mapping[str, np.ndarray] | None,
 def _pair_keys(sets: ItemSets, num_items: int) -> np.ndarray:
   """row * N + item for every (row, item) of the sets, in CSR order."""
   rows = np.repeat(np.arange(sets.num_rows, dtype=np.int64), sets.lengths())
-  return rows * num_items + sets.indices
+  return keys_lib.pair_keys(rows, sets.indices, num_items)
 
 
 # -- metrics -------------------------------------------------------------------------------
+
+
+class _Evaluated:
+  """The users an evaluation ranks and their targets, by the module docstring's protocol:
+  excluded and duplicate targets dropped, users left with none skipped. ``kept`` are the
+  evaluated users (ascending), ``target_keys`` their targets as sorted keys kept row * N +
+  item, ``target_ptr`` each kept row's first key, ``exclude`` the kept rows' exclusions."""
+
+  def __init__(self, kept: np.ndarray, target_keys: np.ndarray, target_ptr: np.ndarray,
+               exclude: ItemSets | None, metrics: "_UserMetrics", num_skipped: int,
+               num_items: int):
+    self.kept, self.target_keys, self.target_ptr = kept, target_keys, target_ptr
+    self.exclude, self.metrics, self.num_skipped = exclude, metrics, num_skipped
+    self.num_items = num_items
+
+  @classmethod
+  def of(cls, targets: ItemSets, exclude: ItemSets | None, num_users: int, num_items: int,
+         ks: Sequence[int], slices: Mapping[str, np.ndarray] | None) -> "_Evaluated":
+    ks = _check_ks(ks)
+    targets = topk.check_sets(targets, num_users, num_items, "targets")
+    exclude = topk.check_sets(exclude, num_users, num_items, "exclude")
+    masks = _check_slices(slices, num_items)
+    target_keys = _pair_keys(targets, num_items)
+    exclude_keys = (keys_lib.unique(_pair_keys(exclude, num_items)) if exclude is not None
+                    else np.zeros(0, np.int64))
+    target_keys = target_keys[~keys_lib.contains(exclude_keys, target_keys)]   # unreachable
+    target_keys = keys_lib.unique(target_keys)   # also drops duplicate targets
+    counts = np.bincount(target_keys // num_items, minlength=num_users)
+    kept = np.flatnonzero(counts)
+    # The non-excluded corpus of each evaluated user (a random ranking's candidates).
+    candidates = num_items - np.bincount(exclude_keys // num_items, minlength=num_users)[kept]
+    metrics = _UserMetrics(ks, min(max(ks), num_items), len(kept), masks, candidates)
+    # Only the evaluated users are ranked, in order; their targets as sorted row-major keys.
+    target_keys = (np.searchsorted(kept, target_keys // num_items) * num_items
+                   + target_keys % num_items)
+    target_ptr = np.zeros(len(kept) + 1, np.int64)
+    np.cumsum(counts[kept], out=target_ptr[1:])
+    if exclude is not None:
+      exclude = exclude.subset(kept)
+    return cls(kept, target_keys, target_ptr, exclude, metrics, num_users - len(kept),
+               num_items)
+
+  def keys(self, start: int, rows: int) -> np.ndarray:
+    """The targets of kept rows [start, start + rows) as sorted keys local row * N + item."""
+    keys = self.target_keys[self.target_ptr[start]:self.target_ptr[start + rows]]
+    return keys - start * self.num_items
+
+  def result(self) -> dict:
+    return self.metrics.result(num_users_skipped=self.num_skipped)
+
 
 
 class _UserMetrics:
@@ -194,9 +259,11 @@ class _UserMetrics:
     self.slices = {name: _SliceMetrics(mask, self.cutoffs, candidates)
                    for name, mask in slices.items()}
 
-  def add(self, start: int, scores: np.ndarray | tf.Tensor, top: np.ndarray, keys: np.ndarray,
-          num_items: int, maxima: Optional[np.ndarray] = None) -> None:
-    """One chunk: top item indices [c, depth], targets as sorted local keys row * N + item."""
+  def add(self, start: int, top: np.ndarray, keys: np.ndarray, num_items: int,
+          best_ranks: Callable[[np.ndarray], np.ndarray]) -> None:
+    """One chunk: top item indices [c, depth], targets as sorted local keys row * N + item;
+    ``best_ranks(rows)``: the 0-based full-corpus rank of the best target of each given
+    chunk row, asked only for the rows with no target in the top ``depth``."""
     rows = len(top)
     out = self.values[start:start + rows]
     hits = metrics_lib.hit_matrix(top, keys, num_items)   # padding columns are no items
@@ -204,15 +271,12 @@ class _UserMetrics:
     _fill(out, self.cutoffs.per_row(hits, num_targets))
     for part in self.slices.values():
       part.add(start, top, hits, keys, num_items)
-    # MRR: a target in the top k ranks where it was found; for the others, count the items
-    # ahead of the best target over the whole corpus.
-    found_any = hits.any(axis=1)
+    # MRR: a target in the top k ranks where it was found; the others' rank comes from the
+    # whole corpus.
     out[:, -1] = metrics_lib.reciprocal_ranks(hits)
-    missed = np.flatnonzero(~found_any)
+    missed = np.flatnonzero(~hits.any(axis=1))
     if len(missed):
-      best, best_item = _best_targets(scores, keys, missed, num_items)
-      ahead = _count_ahead(scores, missed, best, best_item, maxima)
-      out[missed, -1] = 1.0 / (ahead + 1.0)
+      out[missed, -1] = 1.0 / (best_ranks(missed) + 1.0)
 
   def result(self, num_users_skipped: int) -> dict:
     means = self.values.mean(axis=0) if len(self.values) else np.zeros(self.values.shape[1])

@@ -23,11 +23,12 @@ from twotower.config import RankingConfig
 from twotower.data import prepare as prepare_lib
 from twotower.data import splits
 from twotower.data.itemsets import ItemSets
+from twotower.data.keys import contains, pair_keys
 from twotower.data.pipeline import FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import RankingModel
-from twotower.training.ranking_mining import contains, pair_keys, positive_labels, sample_rows
+from twotower.training.ranking_mining import positive_labels, sample_rows
 
 END_TO_END_KS = (10,)
 IMPRESSION_KS = (5, 10)

@@ -28,19 +28,10 @@ from twotower.config import RankingConfig
 from twotower.data import prepare as prepare_lib
 from twotower.data import splits
 from twotower.data.itemsets import ItemSets
+from twotower.data.keys import contains, pair_keys
+from twotower.data.keys import unique as unique_keys
 from twotower.errors import ConfigError
 from twotower.model.encoding import Encoder
-
-
-def pair_keys(rows: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
-  return np.asarray(rows, np.int64) * num_items + np.asarray(items, np.int64)
-
-
-def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-  if len(sorted_keys) == 0:
-    return np.zeros(keys.shape, bool)
-  pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-  return sorted_keys[pos] == keys
 
 
 def positive_labels(data: prepare_lib.PreparedData, events: np.ndarray,
@@ -129,7 +120,7 @@ def mine_training_examples(data: prepare_lib.PreparedData, encoder: Encoder,
   anchors, labels = anchors[keep], labels[keep]
   search = search or exact_search(corpus)
   user_seen = ItemSets.from_pairs(ev.user[seen], ev.item[seen] - offset, len(data.user_vocab))
-  known = np.unique(pair_keys(ev.user[seen], ev.item[seen] - offset, num_items))
+  known = unique_keys(pair_keys(ev.user[seen], ev.item[seen] - offset, num_items))
   candidates = np.empty((len(anchors), config.num_candidates), np.int64)
   reachable = np.ones(len(anchors), bool)
   for lo in range(0, len(anchors), chunk):
