@@ -210,10 +210,11 @@ def test_atomic_directory_recovers_from_a_killed_writer(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
-def test_searching_with_exclusions_goes_in_chunks_sized_by_their_own_heaviest_user(
+def test_searching_with_exclusions_groups_queries_by_how_many_they_exclude(
     scann_index, monkeypatch):
-  """One user with many exclusions must not deepen every query's search: each chunk asks
-  for k more than its own most excluded (a 1M-item mining run ran out of memory before)."""
+  """One user with many exclusions must not deepen every query's search: queries are
+  chunked in order of their exclusions, each chunk asking for k more than its own most
+  excluded (a 1M-item mining run ran out of memory before)."""
   from twotower.index import searcher as searcher_lib
   index, queries = scann_index
   q = queries[:6]
@@ -229,8 +230,38 @@ def test_searching_with_exclusions_goes_in_chunks_sized_by_their_own_heaviest_us
   monkeypatch.setattr(searcher_lib, "_EXCLUDING_CHUNK", 2)
   monkeypatch.setattr(index, "search", spy)
   chunked, _ = searcher_lib.Index._search_excluding(index, q, 10, exclude)
-  assert [a for a in asked if a[0] > 1] == [(2, 310), (2, 12), (2, 11)]
+  # Users 2 and 4 exclude nothing, 1 and 5 one item; 0 (300 items) goes with 3 (two).
+  assert [a for a in asked if a[0] > 1] == [(2, 10), (2, 11), (2, 310)]
   for row, banned in enumerate([range(300), [5], [], [7, 8], [], [1]]):
     assert not set(chunked[row]) & set(banned)
     assert (chunked[row] >= 0).all()
   np.testing.assert_array_equal(chunked[1:], whole[1:])
+
+
+def test_the_heaviest_excluders_are_searched_exactly_and_chunks_bound_their_reorder(
+    scann_index, monkeypatch):
+  """A user excluding so much that the reorder would score a quarter of the corpus is
+  searched exactly, and no chunk holds more reorder candidates than the budget."""
+  from twotower.index import searcher as searcher_lib
+  index, queries = scann_index
+  q = queries[:6]
+  heavy = list(range(0, index.num_items, 3))
+  banned = [[1], heavy, [], [2, 3], [4], [5, 6, 7]]
+  budget = 2 * index.pre_reorder_for(13)
+  asked = []
+  search = index.search
+
+  def spy(queries, k, *args, **kwargs):
+    asked.append((len(queries), k, kwargs.get("exact", False)))
+    return search(queries, k, *args, **kwargs)
+
+  monkeypatch.setattr(searcher_lib, "_EXCLUDING_NEIGHBORS", budget)
+  monkeypatch.setattr(index, "search", spy)
+  got, _ = searcher_lib.Index._search_excluding(index, q, 10, ItemSets.from_lists(banned))
+  approximate = [(n, k) for n, k, exact in asked if not exact]
+  assert (1, 10, True) in asked and max(k for _, k in approximate) == 13
+  assert all(n * index.pre_reorder_for(k) <= budget for n, k in approximate)
+  want, _ = search(q[1:2], 10, exact=True, exclude=ItemSets.from_lists([heavy]))
+  np.testing.assert_array_equal(got[1], want[0])
+  for row, items in enumerate(banned):
+    assert not set(got[row]) & set(items) and (got[row] >= 0).all()
