@@ -316,7 +316,7 @@ class RankingConfig:
   batch_size: int = 256
   epochs: int = 10
   learning_rate: float = 0.001
-  optimizer: Optimizer = "adam"
+  optimizer: Optimizer = "lazy_adam"   # row-sparse: its id tables' cost is the batch's rows
   global_clipnorm: float = 0.0
   early_stopping_metric: str = "two_stage_ndcg@10"
   patience: int = 3
