@@ -133,9 +133,8 @@ def most_popular_metrics(train_item_counts: np.ndarray,
   excluded = evaluated.exclude
   excluded_keys = np.zeros(0, np.int64)
   if excluded is not None:
-    excluded_rows = np.repeat(np.arange(len(kept), dtype=np.int64), excluded.lengths())
-    excluded_keys = keys_lib.unique(keys_lib.pair_keys(excluded_rows, position[excluded.indices],
-                                                       num_items))
+    excluded_keys = keys_lib.unique(
+        ItemSets(excluded.indptr, position[excluded.indices]).keys(num_items))
   keys = evaluated.target_keys
   rows, items = keys // num_items, keys % num_items
   # 0-based rank of each target: its position less the user's excluded items before it.
@@ -184,12 +183,6 @@ def _check_slices(slices: Mapping[str, np.ndarray] | None,
   return out
 
 
-def _pair_keys(sets: ItemSets, num_items: int) -> np.ndarray:
-  """row * N + item for every (row, item) of the sets, in CSR order."""
-  rows = np.repeat(np.arange(sets.num_rows, dtype=np.int64), sets.lengths())
-  return keys_lib.pair_keys(rows, sets.indices, num_items)
-
-
 # -- metrics -------------------------------------------------------------------------------
 
 
@@ -213,8 +206,8 @@ class _Evaluated:
     targets = topk.check_sets(targets, num_users, num_items, "targets")
     exclude = topk.check_sets(exclude, num_users, num_items, "exclude")
     masks = _check_slices(slices, num_items)
-    target_keys = _pair_keys(targets, num_items)
-    exclude_keys = (keys_lib.unique(_pair_keys(exclude, num_items)) if exclude is not None
+    target_keys = targets.keys(num_items)
+    exclude_keys = (keys_lib.unique(exclude.keys(num_items)) if exclude is not None
                     else np.zeros(0, np.int64))
     target_keys = target_keys[~keys_lib.contains(exclude_keys, target_keys)]   # unreachable
     target_keys = keys_lib.unique(target_keys)   # also drops duplicate targets

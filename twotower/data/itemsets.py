@@ -9,6 +9,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from twotower.data.keys import pair_keys
+
 
 class ItemSets(NamedTuple):
   indptr: np.ndarray   # int64 [num_rows + 1]
@@ -23,6 +25,11 @@ class ItemSets(NamedTuple):
 
   def lengths(self) -> np.ndarray:
     return np.diff(self.indptr)
+
+  def keys(self, num_items: int) -> np.ndarray:
+    """Every (row, item) as the key row * num_items + item (``data/keys.py``), CSR order."""
+    rows = np.repeat(np.arange(self.num_rows, dtype=np.int64), self.lengths())
+    return pair_keys(rows, self.indices, num_items)
 
   @classmethod
   def from_lists(cls, rows: Sequence[Sequence[int] | np.ndarray]) -> "ItemSets":

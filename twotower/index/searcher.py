@@ -124,10 +124,9 @@ class Index:
       excluded = exclude.subset(chunk)
       rows, scores = self.search(queries[chunk], depth)
       local = np.arange(len(chunk), dtype=np.int64)
-      excluded_keys = unique_keys(pair_keys(np.repeat(local, excluded.lengths()),
-                                            excluded.indices, self.num_items))
       keep = (rows >= 0) & np.isfinite(scores) & ~contains(
-          excluded_keys, pair_keys(local[:, None], rows, self.num_items))
+          unique_keys(excluded.keys(self.num_items)),
+          pair_keys(local[:, None], rows, self.num_items))
       rank = np.cumsum(keep, axis=1) - 1   # each kept row's place among its query's kept
       keep &= rank < k
       at, _ = np.nonzero(keep)

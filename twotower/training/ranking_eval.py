@@ -157,8 +157,7 @@ def top_k_metrics(ranked: np.ndarray, targets: ItemSets, num_items: int,
   ok = sizes > 0
   if not ok.any():
     return {f"{metric}@{k}": 0.0 for k in ks for metric in ("ndcg", "recall")}
-  keys = np.sort(pair_keys(np.repeat(np.arange(targets.num_rows), sizes), targets.indices,
-                           num_items))
+  keys = np.sort(targets.keys(num_items))
   hits = metrics_lib.hit_matrix(ranked, keys, num_items)[ok]
   out = {}
   for k, recall, ndcg, _ in metrics_lib.Cutoffs(ks, ranked.shape[1]).per_row(hits, sizes[ok]):
