@@ -121,7 +121,7 @@ def test_rank_keeps_the_unprefixed_names_as_aliases():
 # prints the options that stage receives.
 _PIPELINE_UP_TO_RANKING = """
 import json, sys
-from twotower import pipeline as pipeline_job
+from twotower import workdir as workdir_lib
 from twotower.cli import pipeline
 from twotower.data import prepare as prepare_lib
 from twotower.jobs import index as index_job, train as train_job, train_ranking as ranking_job
@@ -134,7 +134,7 @@ def rank(workdir, run=None, **options):
 
 prepare_lib.load_raw = prepare_lib.prepare = lambda *args: None
 train_job.train = lambda config, workdir, data=None: {"final": {"seed": config.train.seed}}
-pipeline_job.load_trained = lambda workdir, data=None: None
+workdir_lib.load_trained = lambda workdir, data=None: None
 index_job.build_index = lambda workdir, **options: {}
 ranking_job.train_ranking = rank
 pipeline.FLAGS(["twotower-pipeline", *sys.argv[1:]])
@@ -146,7 +146,7 @@ except Reached as reached:
 
 
 def test_pipeline_ranking_npratio_reaches_the_ranking_stage():
-  received = json.loads(_python(_PIPELINE_UP_TO_RANKING, "--workdir=unused",
+  received = json.loads(_python(_PIPELINE_UP_TO_RANKING, "--workdir=unused", "--noisolate_stages",
                                 "--ranking_npratio=8", "--seed=7", "--noprogress"))
   assert received["npratio"] == 8
   assert received["seed"] == 7 and received["progress"] is False   # follow --seed, --progress

@@ -1,7 +1,8 @@
 """twotower-pipeline: train -> rank -> index -> export -> one sample recommendation.
 
 The quick start's single command. Each stage is the same library function its own job
-calls; rerunning resumes training and rebuilds the later stages. The ranking stage takes
+calls, in a process of its own (--noisolate_stages: all in this one); rerunning resumes
+training and rebuilds the later stages. The ranking stage takes
 every ``--ranking_<field>`` flag of twotower-rank; its seed and progress bar follow --seed
 and --progress unless --ranking_seed / --ranking_progress are given.
 """
@@ -19,6 +20,10 @@ flags.DEFINE_string("sample_user_id", None, "User for the sample recommendation 
                     "(default: the first user of the test split).")
 flags.DEFINE_bool("rank", True, "Train the ranking head (stage 2) and export it for "
                   "re-ranking; --norank: retrieval only.")
+flags.DEFINE_bool("isolate_stages", True, "Run training, the index with the head, and the "
+                  "export each in a process of its own, so that each gives its memory back "
+                  "when it ends (TensorFlow keeps what it allocated); --noisolate_stages runs "
+                  "them in this process, e.g. under a debugger.")
 flags.mark_flag_as_required("workdir")
 errors.require_directory("workdir")
 errors.require_directory("export_dir")
@@ -34,7 +39,7 @@ def main():
   output.print_json_result(lambda: run_pipeline(
       config, FLAGS.workdir, export_dir=FLAGS.export_dir,
       sample_user_id=FLAGS.sample_user_id, rank=FLAGS.rank,
-      ranking_options=ranking_options))
+      ranking_options=ranking_options, isolate_stages=FLAGS.isolate_stages))
 
 
 def run():
