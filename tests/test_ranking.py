@@ -344,3 +344,35 @@ def test_the_exported_lookups_keep_their_vocabularies_as_arrays():
   layer = ranking_export._string_lookup(Vocabulary([f"i{n}" for n in range(50)], 2))
   assert isinstance(layer.input_vocabulary, np.ndarray)
   assert layer(tf.constant(["i0", "i49", "", "new"])).numpy().tolist()[:3] == [3, 52, 0]
+
+
+def test_the_held_out_sets_take_their_top_n_from_the_miners_search(ranked_workdir, trained,
+                                                                   tmp_path):
+  """Past ann_min_items the head's validation and test re-rank what the index retrieves
+  (as serving does), not an exact top-N over the whole catalogue."""
+  from twotower.training.ranking import RankingTrainer
+  run, config, _ = trained
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ranked_workdir[0], workdir)
+  shutil.rmtree(ranking_run.ranking_paths(workdir).root)
+  corpus = Encoder(run.model, run.data).items()
+  exact = ranking_mining.exact_search(corpus)
+  searched = []
+
+  def make_search(items):
+    np.testing.assert_array_equal(items, corpus)
+
+    def reversed_exact(queries, k, exclude):   # told apart from exact by its order
+      searched.append(len(queries))
+      return exact(queries, k, exclude)[:, ::-1]
+    return reversed_exact
+
+  config = dataclasses.replace(config, max_examples=300, eval_users=50)
+  trainer = RankingTrainer(run, workdir, config, make_search=make_search)
+  length = run.config.data.history_length
+  for split, held in ((splits.VALID, trainer.valid), (splits.TEST, trainer.test)):
+    expected = ranking_eval.held_out_set(run.data, Encoder(run.model, run.data), corpus, split,
+                                         config, length, config.seed)
+    np.testing.assert_array_equal(held.candidates, expected.candidates[:, ::-1])
+  assert sum(searched) == 300 + len(trainer.valid.queries.user) + len(trainer.test.queries.user)
+  assert trainer.log["candidate_search"] == "ann"

@@ -27,6 +27,7 @@ from twotower.training.ranking_eval import Scorer, held_out_metrics, held_out_se
 from twotower.training.ranking_examples import ranking_dataset
 from twotower.training.ranking_mining import (
   Search,
+  exact_search,
   holdout_users,
   mine_training_examples,
   sample_negatives,
@@ -41,7 +42,8 @@ class RankingTrainer(runner.Runner):
 
   def __init__(self, run: TrainedRun, workdir: str, config: RankingConfig,
                make_search: Optional[Callable[[np.ndarray], Search]] = None):
-    """``make_search(corpus)``: how mining finds each anchor's top-N (default: exact)."""
+    """``make_search(corpus)``: how mining and the held-out sets find each query's top-N
+    (default: exact)."""
     self.data, self.config = run.data, config
     self.history_length = run.config.data.history_length
     self.id_dropout = (config.id_dropout if config.id_dropout >= 0
@@ -49,14 +51,14 @@ class RankingTrainer(runner.Runner):
     encoder = Encoder(run.model, run.data)
     corpus = encoder.items()
     started = time.time()
-    self.examples = mine_training_examples(
-        run.data, encoder, corpus, config, self.history_length,
-        search=make_search(corpus) if make_search is not None else None)
+    search = make_search(corpus) if make_search is not None else exact_search(corpus)
+    self.examples = mine_training_examples(run.data, encoder, corpus, config,
+                                           self.history_length, search=search)
     holdout = holdout_users(run.data, config) if config.examples == "valid" else None
     self.valid = held_out_set(run.data, encoder, corpus, splits.VALID, config,
-                              self.history_length, config.seed, users=holdout)
+                              self.history_length, config.seed, users=holdout, search=search)
     self.test = held_out_set(run.data, encoder, corpus, splits.TEST, config,
-                             self.history_length, config.seed)
+                             self.history_length, config.seed, search=search)
     logging.info("mined top-%d candidates for %d training interactions in %.1fs",
                  config.num_candidates, len(self.examples.events), time.time() - started)
     model = build_ranking_model(run, config)
@@ -70,7 +72,8 @@ class RankingTrainer(runner.Runner):
                                 metrics=Workdir(workdir).metrics, section="ranking",
                                 name="ranking ", summary_prefix="ranking/"),
                 header={"config": dataclasses.asdict(config),
-                        "examples": int(len(self.examples.events))},
+                        "examples": int(len(self.examples.events)),
+                        "candidate_search": "exact" if make_search is None else "ann"},
                 steps_per_epoch=-(-len(self.examples.events) // config.batch_size))
     self.scorer = Scorer(self.model, self.data)
     self.train_step = tf.function(self.model.train_step, reduce_retracing=True)

@@ -3,9 +3,11 @@
 Held-out impressions are built from the validation or test split's queries (one per user,
 history up to the split) and the retrieval top-N, and scored with AUC, gAUC, MRR and
 NDCG@5/10 per user, next to the towers' dot product on the same impressions (``dot_*``). End
-to end, each user's exact retrieval top-N (earlier items excluded) is re-ranked by the head
-and scored with NDCG@10 / Recall@10 against every held-out item (``two_stage_*``), next to
-the retrieval order (``retrieval_*``, which equals full-corpus retrieval at these cutoffs).
+to end, each user's retrieval top-N (earlier items excluded) is re-ranked by the head and
+scored with NDCG@10 / Recall@10 against every held-out item (``two_stage_*``), next to the
+retrieval order (``retrieval_*``). The top-N is found as mining finds it: exactly (then
+``retrieval_*`` equals full-corpus retrieval at these cutoffs), or, past the ranking
+config's ``ann_min_items``, through the ScaNN index, as serving finds it.
 Each split keeps at most ``eval_users`` of its users (a seeded sample, the same every
 epoch), so evaluation costs that many exact queries however many users the log has.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from twotower import metrics as metrics_lib
-from twotower import ranking_metrics, topk
+from twotower import ranking_metrics
 from twotower.config import RankingConfig
 from twotower.data import prepare as prepare_lib
 from twotower.data import splits
@@ -28,7 +30,7 @@ from twotower.data.pipeline import FeatureGather
 from twotower.data.vocab import PAD
 from twotower.model.encoding import Encoder
 from twotower.model.ranking import RankingModel
-from twotower.training.ranking_mining import positive_labels, sample_rows
+from twotower.training.ranking_mining import Search, exact_search, positive_labels, sample_rows
 
 END_TO_END_KS = (10,)
 IMPRESSION_KS = (5, 10)
@@ -54,9 +56,11 @@ class HeldOutSet:
 
 def held_out_set(data: prepare_lib.PreparedData, encoder: Encoder, corpus: np.ndarray,
                  split_code: int, config: RankingConfig, history_length: int,
-                 seed: int, users: Optional[np.ndarray] = None) -> HeldOutSet:
+                 seed: int, users: Optional[np.ndarray] = None,
+                 search: Optional[Search] = None) -> HeldOutSet:
   """Impressions of one split: the held-out items (labelled) plus npratio negatives per
-  positive drawn, without replacement, from the user's retrieval top-N minus held-out items."""
+  positive drawn, without replacement, from the user's retrieval top-N minus held-out items.
+  ``search`` finds the top-N (default: exact over ``corpus``)."""
   ev = data.events
   offset, num_items = data.item_vocab.offset, data.num_items
   queries = prepare_lib.eval_queries(data, split_code, history_length)
@@ -72,8 +76,8 @@ def held_out_set(data: prepare_lib.PreparedData, encoder: Encoder, corpus: np.nd
                       np.zeros((0, config.num_candidates), np.int64),
                       ItemSets.from_lists([]), empty, empty, np.zeros(0, np.float32))
   query_embeddings = encoder.users(queries.user, queries.history)
-  candidates = topk.top_k_items(query_embeddings, corpus, config.num_candidates,
-                                 queries.exclude)[0]
+  search = search or exact_search(corpus)
+  candidates = search(query_embeddings, config.num_candidates, queries.exclude)
   # Held-out items per query row, positive if any of its events passes the threshold.
   idx = np.flatnonzero((ev.split == split_code) & np.isin(ev.user, queries.user))
   row = np.searchsorted(queries.user, ev.user[idx])
@@ -113,7 +117,7 @@ def held_out_set(data: prepare_lib.PreparedData, encoder: Encoder, corpus: np.nd
   held = HeldOutSet(splits.SPLIT_NAMES[split_code], queries, candidates, targets,
                     rows[order], items[order], labels[order])
   # What the head must beat: the towers' dot product on the same impressions (dot_*) and
-  # the retrieval order of the same top-N (retrieval_*, equal to full-corpus retrieval).
+  # the retrieval order of the same top-N (retrieval_*; exact search: full-corpus retrieval).
   dots = np.einsum("pd,pd->p", query_embeddings[held.rows], corpus[held.items])
   impressions = ranking_metrics.ranking_metrics(held.labels, dots, held.rows, ks=IMPRESSION_KS)
   held.baseline = {f"dot_{k}": v for k, v in impressions.items() if not k.startswith("num_")}
