@@ -253,9 +253,10 @@ _RANKING_HELP = {
                     "the corpus.",
     "eval_users": "Most validation / test users in the head's evaluation, a sample fixed "
                   "by --ranking_seed; 0: all.",
-    "ann_min_items": "Mine the retrieval top-N through a ScaNN searcher (the workdir's "
-                     "index when it matches, else one built for it) once the corpus has "
-                     "this many items; below, exactly. 0: always exact.",
+    "ann_min_items": "Find the retrieval top-N of the mined examples and of the held-out "
+                     "users through a ScaNN searcher (the workdir's index when it matches, "
+                     "else one built for it) once the corpus has this many items; below, "
+                     "exactly. 0: always exact.",
 }
 
 
