@@ -37,12 +37,21 @@ def measure(index, queries: np.ndarray, *, ks=(10, 100),
   queries = np.ascontiguousarray(queries, np.float32)
   out = {"kind": index.kind, "num_items": index.num_items,
          "dim": int(index.embeddings.shape[1]), "num_queries": len(queries)}
-  for k in ks:
-    k_eff = min(k, index.num_items)
-    exact, _ = index.search(queries, k_eff, exact=True)
-    approx, _ = index.search(queries, k_eff)
-    out[f"recall@{k}"] = round(recall(approx, exact), 4)
   k = min(ks[0], index.num_items)
+  # Exact search is the slow side at scale (about 2.5 s per 1,000 queries over 1M items), so
+  # each k's runs once, and the first one's wall time is also the batched brute-force
+  # figure; only where it is short enough to be noisy is it timed again, best of repeats.
+  exact_seconds = 0.0
+  for i, kk in enumerate(ks):
+    k_eff = min(kk, index.num_items)
+    start = time.perf_counter()
+    exact, _ = index.search(queries, k_eff, exact=True)
+    if i == 0:
+      exact_seconds = time.perf_counter() - start
+    approx, _ = index.search(queries, k_eff)
+    out[f"recall@{kk}"] = round(recall(approx, exact), 4)
+  if exact_seconds < 1.0:
+    exact_seconds = _timed(lambda: index.search(queries, k, exact=True), repeats)
   single = queries[:single_queries]
   if index.searcher is not None:
     leaves, depth = index.params["leaves_to_search"], index.pre_reorder_for(k)
@@ -54,8 +63,7 @@ def measure(index, queries: np.ndarray, *, ks=(10, 100),
   bf_single = queries[:brute_force_single_queries]
   out["brute_force_qps_single"] = round(len(bf_single) / _timed(
       lambda: [index.search(q[None], k, exact=True) for q in bf_single], repeats), 1)
-  out["brute_force_qps_batched"] = round(len(queries) / _timed(
-      lambda: index.search(queries, k, exact=True), repeats), 1)
+  out["brute_force_qps_batched"] = round(len(queries) / exact_seconds, 1)
   out["speedup_single"] = round(out["qps_single"] / out["brute_force_qps_single"], 2)
   out["speedup_batched"] = round(out["qps_batched"] / out["brute_force_qps_batched"], 2)
   return out
