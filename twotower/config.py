@@ -330,7 +330,7 @@ class RankingConfig:
   progress: bool = True
   # Scale: mining and evaluation cost queries x corpus; these bound the queries.
   max_examples: int = 100_000          # anchors mined, a seeded sample; 0: all
-  eval_users: int = 10_000             # held-out users per split, a seeded sample; 0: all
+  eval_users: int = 5_000              # held-out users per split, a seeded sample; 0: all
   ann_min_items: int = 200_000         # mined & held-out top-N via ScaNN from this size; 0: never
 
   def to_json(self) -> str:
