@@ -12,8 +12,11 @@ the interfaces the jobs call, not by copies of the code:
   refit      ``training.refit.refit`` where it exists (the selected recipe again on more
              of the data, inside train)
   mine       ``RankingTrainer.__init__`` (the retrieval top-N of the examples and of the
-             held-out impressions, before the head trains)
+             held-out impressions, before the head trains; through the index built just
+             before it, past ``ann_min_items``, as in the pipeline)
   rank       the rest of ``train_ranking`` (the head's epochs and its evaluation)
+  load       ``Recommender.load`` of the export
+  serve      top-10 requests of known users, one at a time
 
 Inside every stage the exact scores (``topk.for_each_chunk``: queries x items) and the users
 and items encoded (``Encoder``) are counted, so each stage's time is set against the work
@@ -22,9 +25,12 @@ before each top-level stage), and for nested stages the maximum of a thread samp
 every 10 ms. RSS includes what earlier stages left in memory (the prepared data), as it
 does in a pipeline run.
 
-Growth between two sizes: (time ratio) / (work ratio); 1.0 is linear in the stage's own work
-(training in examples, evaluation and exact mining in scores, the index in items, export in
-items + users, serving in queries). Options that other jobs may or may not have yet
+Growth between two sizes: (time ratio) / (work ratio); 1.0 is linear in the stage's own work:
+training in examples; evaluation in the exact scores it computes (sampled users x items);
+mining in its retrieval queries x items, the exact cost its top-N would have (through the
+ANN index it costs less); the head in the (user, item) pairs it scores, training (each
+example with its npratio negatives, every epoch) and evaluation (``Scorer`` calls); the index
+in items; export and loading the export in items + users; serving in requests. Options that other jobs may or may not have yet
 (``--eval_users``, ``--ranking_max_examples``) are passed only where the config has them.
 
   python experiments/bench_scale.py                       # small
@@ -56,7 +62,7 @@ from twotower.jobs import index as index_job
 from twotower.jobs import train as train_job
 from twotower.jobs import train_ranking as ranking_job
 from twotower.model import encoding
-from twotower.training import loop
+from twotower.training import loop, ranking_eval
 from twotower.training import ranking as ranking_trainer
 from twotower.workdir import Workdir
 
@@ -90,8 +96,9 @@ FLAGS = flags.FLAGS
 WORK = {"prepare": ("interactions",), "train": ("train_examples",),
         "refit": ("train_examples",),
         "validate": ("exact_scores",), "test": ("exact_scores",),
-        "mine": ("exact_scores", "user_encodings"), "rank": ("ranking_examples",),
-        "index": ("items",), "export": ("items_and_users",), "serve": ("queries",)}
+        "mine": ("query_items",), "rank": ("head_pairs",),
+        "index": ("items",), "export": ("items_and_users",), "load": ("items_and_users",),
+        "serve": ("queries",)}
 
 
 class Stages:
@@ -204,6 +211,8 @@ def install_hooks(stages: Stages) -> list:
       if refit_lib else None,
       _hook(loop.Trainer, "batch_examples", _counted_result(stages, "train_examples")),
       _hook(ranking_trainer.RankingTrainer, "__init__", _timed(stages, "mine")),
+      _hook(ranking_eval.Scorer, "__call__", _counted(
+          stages, "scored_pairs", lambda self, users, history, items: np.size(items))),
       # Exact scores: every evaluation, mining and brute-force search goes through it.
       _hook(topk, "for_each_chunk", _counted(
           stages, "exact_scores", lambda queries, corpus, *a, **k: len(queries)
@@ -216,7 +225,7 @@ def install_hooks(stages: Stages) -> list:
   ]
   missing = [name for name, undo in zip(
       ("Trainer.evaluate", "Trainer.final_metrics", "refit", "RefitTrainer.final_metrics",
-       "Trainer.batch_examples", "RankingTrainer.__init__",
+       "Trainer.batch_examples", "RankingTrainer.__init__", "Scorer.__call__",
        "topk.for_each_chunk", "Encoder.users", "Encoder.items"), hooks) if undo is None]
   if missing:
     logging.warning("bench_scale: no hook for %s (renamed?); those figures are missing",
@@ -269,15 +278,17 @@ def run_size(size: str) -> dict:
     with stages.stage("train"):
       log = train_job.train(config, workdir, data=data)
     del data
+    with stages.stage("index"):   # before the head, whose mining reuses it (the pipeline's order)
+      index_report = index_job.build_index(workdir)
     if FLAGS.rank:
       with stages.stage("rank"):
         rank_log = ranking_job.train_ranking(workdir, **ranking)
-    with stages.stage("index"):
-      index_report = index_job.build_index(workdir)
     with stages.stage("export"):
       export_dir = export_job.export(workdir, include_ranking=FLAGS.rank)
+    with stages.stage("load"):
+      recommender = serving.Recommender.load(export_dir)
     with stages.stage("serve"):
-      serve = _serve(export_dir, workdir)
+      serve = _serve(recommender, workdir)
   finally:
     for u in undo:
       u()
@@ -294,9 +305,15 @@ def run_size(size: str) -> dict:
   if FLAGS.rank:
     examples = int(rank_log.get("examples", 0))
     rank_epochs = len(rank_log.get("epochs", []))
-    records["rank"].setdefault("counters", {})["ranking_examples"] = examples * max(rank_epochs, 1)
+    counters = records["rank"].setdefault("counters", {})
+    counters["ranking_examples"] = examples * max(rank_epochs, 1)
+    counters["head_pairs"] = (counters["ranking_examples"] * (1 + rank_log["config"]["npratio"])
+                              + counters.get("scored_pairs", 0))
+    mine = records["mine"].setdefault("counters", {})
+    mine["query_items"] = mine.get("user_encodings", 0) * items
   records["index"].setdefault("counters", {})["items"] = items
   records["export"].setdefault("counters", {})["items_and_users"] = items + users
+  records["load"].setdefault("counters", {})["items_and_users"] = items + users
   records["serve"].setdefault("counters", {})["queries"] = serve["queries"]
   for name, record in records.items():
     counters = record.get("counters", {})
@@ -320,11 +337,8 @@ def run_size(size: str) -> dict:
   }
 
 
-def _serve(export_dir: str, workdir: str) -> dict:
-  """Loads the export and asks it for top-10s of known users, one request each."""
-  start = time.perf_counter()
-  recommender = serving.Recommender.load(export_dir)
-  load_seconds = time.perf_counter() - start
+def _serve(recommender: serving.Recommender, workdir: str) -> dict:
+  """Asks the loaded export for top-10s of known users, one request each."""
   with open(os.path.join(Workdir(workdir).vocab, "user_id.txt"), encoding="utf-8") as f:
     user_ids = [line.rstrip("\n") for line in f][1:]
   rng = np.random.default_rng(0)
@@ -335,7 +349,7 @@ def _serve(export_dir: str, workdir: str) -> dict:
     recommender.recommend({"user_id": user_id}, k=10)
     latencies.append((time.perf_counter() - t) * 1e3)
   sample = pipeline_lib.sample_recommendations(recommender, picked[0])
-  return {"load_seconds": round(load_seconds, 2), "queries": len(latencies),
+  return {"queries": len(latencies),
           "p50_ms": round(float(np.percentile(latencies, 50)), 2),
           "p99_ms": round(float(np.percentile(latencies, 99)), 2),
           "sample_items": len(sample["recommendations"])}
