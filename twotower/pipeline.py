@@ -25,8 +25,9 @@ def run_pipeline(config: Config, workdir: str, *, export_dir: Optional[str] = No
   whose mining reuses it past ``ann_min_items``. ``isolate_stages``: training, the index
   with the head, and the export each run in a process of their own, which gives its memory
   back when it ends (twotower/stage_process.py says why); False runs them in this process
-  (a debugger, a notebook). This process imports TensorFlow only for the sample, after
-  the stages.
+  (a debugger). This process imports TensorFlow only for the sample, after the stages. A
+  script that calls this must keep its work under ``if __name__ == "__main__":``, as for
+  any spawned process (the child imports the script's module); notebooks need nothing.
   """
   config.validate()   # before reading the data, as twotower-train does
   options = {"progress": config.train.progress, "seed": config.train.seed,
