@@ -1,4 +1,5 @@
 """A stage run in a process of its own: its result, its errors and its memory."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,6 +30,10 @@ def _die():
 def _log(message):
   logging.info("stage says %s", message)
   logging.warning("stage warns %s", message)
+
+
+def _print(message):
+  print(message)
 
 
 def _unpicklable():
@@ -69,6 +74,17 @@ def test_the_stage_logs_as_this_process_does(capfd):
     assert "stage warns quietly" in err and "stage says quietly" not in err
   finally:
     logging.set_verbosity(old)
+
+
+def test_a_stage_prints_where_this_process_prints(capfd):
+  """The jobs keep stdout for their JSON result and send everything else (progress bars)
+  to stderr; a stage's prints must follow."""
+  with contextlib.redirect_stdout(sys.stderr):
+    stage_process.run_in_process("printing", _print, "a progress bar")
+  out, err = capfd.readouterr()
+  assert "a progress bar" in err and "a progress bar" not in out
+  stage_process.run_in_process("printing", _print, "a result")
+  assert "a result" in capfd.readouterr().out
 
 
 _PEAK_AFTER_A_LARGE_STAGE = """

@@ -10,15 +10,16 @@ returned the memory but made every TensorFlow stage 10-20% slower and still peak
 
 The child is a fresh interpreter (multiprocessing's "spawn": forking a process that has
 started TensorFlow's thread pools is unsafe); it logs as the parent does (absl verbosity and
-filters), and its result or exception comes back through a pipe. Arguments and results must
-pickle: configs, paths and JSON-like dicts, never models or arrays (stages hand those on
-through the run directory).
+filters; stdout sent to stderr where the parent's is), and its result or exception comes
+back through a pipe. Arguments and results must pickle: configs, paths and JSON-like dicts,
+never models or arrays (stages hand those on through the run directory).
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -52,9 +53,13 @@ def run_in_process(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
   context = multiprocessing.get_context("spawn")
   receive, send = context.Pipe(duplex=False)
   logger = absl_logging.get_absl_logger()
+  # A job that sends its stdout to stderr (the CLI keeps stdout for its JSON result) has
+  # its stages do the same: the child's sys.stdout is the real one otherwise.
+  stdout_to_stderr = sys.stdout is not sys.__stdout__ and sys.stdout is sys.stderr
   child = context.Process(
       target=_child, name=f"twotower {name}",
-      args=(send, absl_logging.get_verbosity(), list(logger.filters), fn, args, kwargs))
+      args=(send, absl_logging.get_verbosity(), list(logger.filters), stdout_to_stderr, fn,
+            args, kwargs))
   child.start()
   send.close()   # the child holds the only writer: EOF below means it ended without a word
   try:
@@ -88,9 +93,11 @@ def _exit_with_parent(parent: int) -> None:
   os._exit(1)
 
 
-def _child(send, verbosity: int, filters: list, fn: Callable[..., Any], args: tuple,
-           kwargs: dict) -> None:
+def _child(send, verbosity: int, filters: list, stdout_to_stderr: bool,
+           fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
   threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+  if stdout_to_stderr:
+    sys.stdout = sys.stderr
   flags.FLAGS.mark_as_parsed()   # library code reads no flags; this only quiets absl's warning
   absl_logging.use_absl_handler()
   absl_logging.set_verbosity(verbosity)
