@@ -16,7 +16,9 @@ the interfaces the jobs call, not by copies of the code:
              before it, past ``ann_min_items``, as in the pipeline)
   rank       the rest of ``train_ranking`` (the head's epochs and its evaluation)
   load       ``Recommender.load`` of the export
-  serve      top-10 requests of known users, one at a time
+  warm       the first ``--warm_queries`` requests after loading (they touch the tables'
+             rows for the first time, a cost of the tables' size, not of the requests)
+  serve      ``--serve_queries`` top-10 requests of known users after those, one at a time
 
 Inside every stage the exact scores (``topk.for_each_chunk``: queries x items) and the users
 and items encoded (``Encoder``) are counted, so each stage's time is set against the work
@@ -30,7 +32,8 @@ training in examples; evaluation in the exact scores it computes (sampled users 
 mining in its retrieval queries x items, the exact cost its top-N would have (through the
 ANN index it costs less); the head in the (user, item) pairs it scores, training (each
 example with its npratio negatives, every epoch) and evaluation (``Scorer`` calls); the index
-in items; export and loading the export in items + users; serving in requests. Options that other jobs may or may not have yet
+in items; export, loading the export and the first requests in items + users; serving in
+requests. Options that other jobs may or may not have yet
 (``--eval_users``, ``--ranking_max_examples``) are passed only where the config has them.
 
   python experiments/bench_scale.py                       # small
@@ -81,11 +84,15 @@ flags.DEFINE_string("workdir_root", "/tmp/twotower_bench_scale", "Run directorie
 flags.DEFINE_integer("batch_size", 1024, "Retrieval batch size.")
 flags.DEFINE_integer("epochs", 1, "Retrieval epochs.")
 flags.DEFINE_integer("step_limit", 0, "Retrieval steps (0: the epochs' worth).")
-flags.DEFINE_integer("ranking_epochs", 1, "Ranking head epochs.")
+flags.DEFINE_integer("ranking_epochs", 3, "Ranking head epochs (its first includes tracing, so "
+                     "one epoch would time mostly that).")
 flags.DEFINE_integer("eval_users", None, "--eval_users, where the config has it.")
 flags.DEFINE_integer("ranking_max_examples", None, "--ranking_max_examples, where the "
                      "ranking config has it.")
 flags.DEFINE_integer("serve_queries", 1000, "Known users asked for a top-10 (one at a time).")
+flags.DEFINE_integer("warm_queries", 200, "Requests of other known users first, timed as the "
+                     "warm stage: the first requests after loading touch the tables' rows "
+                     "for the first time.")
 flags.DEFINE_bool("rank", True, "Run the ranking head (mine, rank).")
 flags.DEFINE_string("baseline", None, "An earlier output of this benchmark whose sizes are "
                     "compared with this run's.")
@@ -98,7 +105,7 @@ WORK = {"prepare": ("interactions",), "train": ("train_examples",),
         "validate": ("exact_scores",), "test": ("exact_scores",),
         "mine": ("query_items",), "rank": ("head_pairs",),
         "index": ("items",), "export": ("items_and_users",), "load": ("items_and_users",),
-        "serve": ("queries",)}
+        "warm": ("items_and_users",), "serve": ("queries",)}
 
 
 class Stages:
@@ -287,8 +294,14 @@ def run_size(size: str) -> dict:
       export_dir = export_job.export(workdir, include_ranking=FLAGS.rank)
     with stages.stage("load"):
       recommender = serving.Recommender.load(export_dir)
+    users = _known_users(workdir)
+    with stages.stage("warm"):
+      warm = _requests(recommender, users, FLAGS.warm_queries, seed=1)
     with stages.stage("serve"):
-      serve = _serve(recommender, workdir)
+      serve = _requests(recommender, users, FLAGS.serve_queries, seed=0)
+    serve["sample_items"] = len(pipeline_lib.sample_recommendations(
+        recommender, users[0])["recommendations"])
+    serve["cold_p50_ms"] = warm["p50_ms"]
   finally:
     for u in undo:
       u()
@@ -314,6 +327,7 @@ def run_size(size: str) -> dict:
   records["index"].setdefault("counters", {})["items"] = items
   records["export"].setdefault("counters", {})["items_and_users"] = items + users
   records["load"].setdefault("counters", {})["items_and_users"] = items + users
+  records["warm"].setdefault("counters", {})["items_and_users"] = items + users
   records["serve"].setdefault("counters", {})["queries"] = serve["queries"]
   for name, record in records.items():
     counters = record.get("counters", {})
@@ -337,22 +351,23 @@ def run_size(size: str) -> dict:
   }
 
 
-def _serve(recommender: serving.Recommender, workdir: str) -> dict:
-  """Asks the loaded export for top-10s of known users, one request each."""
+def _known_users(workdir: str) -> list[str]:
   with open(os.path.join(Workdir(workdir).vocab, "user_id.txt"), encoding="utf-8") as f:
-    user_ids = [line.rstrip("\n") for line in f][1:]
-  rng = np.random.default_rng(0)
-  picked = [user_ids[i] for i in rng.choice(len(user_ids), FLAGS.serve_queries)]
+    return [line.rstrip("\n") for line in f][1:]
+
+
+def _requests(recommender: serving.Recommender, users: list[str], count: int,
+              seed: int) -> dict:
+  """Top-10s of ``count`` random known users, one request each; their latencies."""
+  rng = np.random.default_rng(seed)
   latencies = []
-  for user_id in picked:
+  for i in rng.choice(len(users), count):
     t = time.perf_counter()
-    recommender.recommend({"user_id": user_id}, k=10)
+    recommender.recommend({"user_id": users[i]}, k=10)
     latencies.append((time.perf_counter() - t) * 1e3)
-  sample = pipeline_lib.sample_recommendations(recommender, picked[0])
   return {"queries": len(latencies),
           "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-          "p99_ms": round(float(np.percentile(latencies, 99)), 2),
-          "sample_items": len(sample["recommendations"])}
+          "p99_ms": round(float(np.percentile(latencies, 99)), 2)}
 
 
 def growth(results: dict) -> dict:
