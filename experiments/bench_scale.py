@@ -294,13 +294,13 @@ def run_size(size: str) -> dict:
       export_dir = export_job.export(workdir, include_ranking=FLAGS.rank)
     with stages.stage("load"):
       recommender = serving.Recommender.load(export_dir)
-    users = _known_users(workdir)
+    known = _known_users(workdir)
     with stages.stage("warm"):
-      warm = _requests(recommender, users, FLAGS.warm_queries, seed=1)
+      warm = _requests(recommender, known, FLAGS.warm_queries, seed=1)
     with stages.stage("serve"):
-      serve = _requests(recommender, users, FLAGS.serve_queries, seed=0)
+      serve = _requests(recommender, known, FLAGS.serve_queries, seed=0)
     serve["sample_items"] = len(pipeline_lib.sample_recommendations(
-        recommender, users[0])["recommendations"])
+        recommender, known[0])["recommendations"])
     serve["cold_p50_ms"] = warm["p50_ms"]
   finally:
     for u in undo:
