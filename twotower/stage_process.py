@@ -55,7 +55,7 @@ def run_in_process(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any)
   logger = absl_logging.get_absl_logger()
   # A job that sends its stdout to stderr (the CLI keeps stdout for its JSON result) has
   # its stages do the same: the child's sys.stdout is the real one otherwise.
-  stdout_to_stderr = sys.stdout is not sys.__stdout__ and sys.stdout is sys.stderr
+  stdout_to_stderr = sys.stdout is sys.stderr
   child = context.Process(
       target=_child, name=f"twotower {name}",
       args=(send, absl_logging.get_verbosity(), list(logger.filters), stdout_to_stderr, fn,
