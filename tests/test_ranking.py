@@ -27,7 +27,7 @@ from twotower.jobs import train as train_job
 from twotower.jobs.train_ranking import train_ranking
 from twotower.model import ranking_reranker
 from twotower.model.encoding import Encoder
-from twotower.training import ranking_eval, ranking_mining, ranking_run
+from twotower.training import ranking_eval, ranking_examples, ranking_mining, ranking_run
 
 RANKING_OPTIONS = dict(epochs=3, progress=False, num_candidates=50, batch_size=256)
 
@@ -130,6 +130,14 @@ def test_training_examples_and_negatives_obey_their_definitions(trained):
   assert all(len(set(row)) == len(row) for row in negatives.tolist())
   hard = negatives[:, :3]
   assert all(set(h) <= set(c) for h, c in zip(hard.tolist(), examples.candidates.tolist()))
+  # An epoch's batches: every example once, its positive first; built without autotuning
+  # (see test_data_prep's test_an_epochs_batches_are_not_autotuned).
+  ds = ranking_examples.ranking_dataset(data, examples, negatives, batch_size=64,
+                                        history_length=run.config.data.history_length,
+                                        seed=0, epoch=0, id_dropout=0.0)
+  assert ds.options().autotune.enabled is False
+  positives = np.concatenate([b["item_id"].numpy()[:, 0] for b in ds])
+  np.testing.assert_array_equal(np.sort(positives), np.sort(ev.item[examples.events]))
 
 
 def test_rating_threshold_makes_low_ratings_negative(trained):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from twotower import cpus
 from twotower.data import splits as splits_lib
 from twotower.data.prepare import PreparedData
 from twotower.data.vocab import PAD
@@ -73,9 +74,22 @@ def training_dataset(data: PreparedData, *, batch_size: int, history_length: int
   ds = tf.data.Dataset.from_tensor_slices(train_idx).batch(batch_size,
                                                            drop_remainder=drop_remainder)
   ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(epoch * steps, (epoch + 1) * steps))
-  ds = ds.skip(skip_batches)
-  ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  return map_batches(ds.skip(skip_batches), make_batch)
+
+
+def map_batches(ds: tf.data.Dataset, make_batch) -> tf.data.Dataset:
+  """``ds.map(make_batch)`` in order on every CPU, two batches ahead, without autotuning.
+
+  An epoch's dataset is built afresh (its order depends on the epoch), and deleting an
+  autotuned iterator at the epoch's end waited for tf.data's autotuning thread: 0 to 4.8 s
+  per epoch (measured on the ranking head, whose epochs are about 6 s of steps). A batch
+  here is a few gathers, far cheaper than the step that consumes it, so fixed parallelism
+  and a two-batch buffer keep the step fed.
+  """
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  ds = ds.map(make_batch, num_parallel_calls=cpus.available(), deterministic=True)
+  return ds.prefetch(2).with_options(options)
 
 
 def steps_per_epoch(data: PreparedData, batch_size: int, drop_remainder: bool = False) -> int:

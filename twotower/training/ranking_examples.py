@@ -48,6 +48,4 @@ def ranking_dataset(data: prepare_lib.PreparedData, examples: TrainingExamples,
   steps = -(-len(idx) // batch_size)
   ds = tf.data.Dataset.from_tensor_slices((idx, items, labels)).batch(batch_size)
   ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(epoch * steps, (epoch + 1) * steps))
-  ds = ds.skip(skip_batches)
-  ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  return pipeline.map_batches(ds.skip(skip_batches), make_batch)
