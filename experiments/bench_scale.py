@@ -14,7 +14,11 @@ the interfaces the jobs call, not by copies of the code:
   mine       ``RankingTrainer.__init__`` (the retrieval top-N of the examples and of the
              held-out impressions, before the head trains; through the index built just
              before it, past ``ann_min_items``, as in the pipeline)
+  reload     ``train_ranking``'s ``load_trained`` (the prepared data and the retrieval
+             model, read back from the run directory)
   rank       the rest of ``train_ranking`` (the head's epochs and its evaluation)
+  checkpoint ``Runner.save`` and ``Runner._mark_best`` of every trainer (rolling and best
+             checkpoints; inside train, refit and rank, and left out of their times)
   load       ``Recommender.load`` of the export
   warm       the first ``--warm_queries`` requests after loading (they touch the tables'
              rows for the first time, a cost of the tables' size, not of the requests)
@@ -32,9 +36,10 @@ training in examples; evaluation in the exact scores it computes (sampled users 
 mining in its retrieval queries x items, the exact cost its top-N would have (through the
 ANN index it costs less); the head in the (user, item) pairs it scores, training (each
 example with its npratio negatives, every epoch) and evaluation (``Scorer`` calls); the index
-in items; export, loading the export and the first requests in items + users; serving in
-requests. Options that other jobs may or may not have yet
-(``--eval_users``, ``--ranking_max_examples``) are passed only where the config has them.
+in items; export, reloading the run, loading the export and the first requests in items +
+users; checkpoints in the bytes they write; serving in requests. Options that other jobs
+may or may not have yet (``--eval_users``, ``--ranking_max_examples``) are passed only where
+the config has them.
 
   python experiments/bench_scale.py                       # small
   python experiments/bench_scale.py --sizes=large --baseline=small.json --output=large.json
@@ -45,6 +50,7 @@ import twotower  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 import contextlib
 import dataclasses
 import functools
+import glob
 import json
 import os
 import shutil
@@ -65,7 +71,7 @@ from twotower.jobs import index as index_job
 from twotower.jobs import train as train_job
 from twotower.jobs import train_ranking as ranking_job
 from twotower.model import encoding
-from twotower.training import loop, ranking_eval
+from twotower.training import loop, ranking_eval, runner
 from twotower.training import ranking as ranking_trainer
 from twotower.workdir import Workdir
 
@@ -103,8 +109,9 @@ FLAGS = flags.FLAGS
 WORK = {"prepare": ("interactions",), "train": ("train_examples",),
         "refit": ("train_examples",),
         "validate": ("exact_scores",), "test": ("exact_scores",),
-        "mine": ("query_items",), "rank": ("head_pairs",),
-        "index": ("items",), "export": ("items_and_users",), "load": ("items_and_users",),
+        "mine": ("query_items",), "reload": ("items_and_users",), "rank": ("head_pairs",),
+        "checkpoint": ("checkpoint_bytes",), "index": ("items",),
+        "export": ("items_and_users",), "load": ("items_and_users",),
         "warm": ("items_and_users",), "serve": ("queries",)}
 
 
@@ -197,6 +204,20 @@ def _counted(stages: Stages, counter: str, amount):
   return wrapper_of
 
 
+def _checkpoint(stages: Stages, prefix_of):
+  """Times a checkpoint write as the ``checkpoint`` stage and counts the bytes it wrote
+  (``prefix_of(self)``: the written checkpoint's path prefix, read after the write)."""
+  def wrapper_of(original):
+    def timed(self, *args, **kwargs):
+      with stages.stage("checkpoint"):
+        result = original(self, *args, **kwargs)
+        stages.count("checkpoint_bytes", sum(
+            os.path.getsize(f) for f in glob.glob(glob.escape(prefix_of(self)) + ".*")))
+      return result
+    return timed
+  return wrapper_of
+
+
 def _counted_result(stages: Stages, counter: str):
   """Counts what the wrapped function returns (examples in a batch)."""
   def wrapper_of(original):
@@ -218,6 +239,9 @@ def install_hooks(stages: Stages) -> list:
       if refit_lib else None,
       _hook(loop.Trainer, "batch_examples", _counted_result(stages, "train_examples")),
       _hook(ranking_trainer.RankingTrainer, "__init__", _timed(stages, "mine")),
+      _hook(ranking_job, "load_trained", _timed(stages, "reload")),
+      _hook(runner.Runner, "save", _checkpoint(stages, lambda r: r.manager.latest_checkpoint)),
+      _hook(runner.Runner, "_mark_best", _checkpoint(stages, lambda r: r.files.best)),
       _hook(ranking_eval.Scorer, "__call__", _counted(
           stages, "scored_pairs", lambda self, users, history, items: np.size(items))),
       # Exact scores: every evaluation, mining and brute-force search goes through it.
@@ -232,7 +256,8 @@ def install_hooks(stages: Stages) -> list:
   ]
   missing = [name for name, undo in zip(
       ("Trainer.evaluate", "Trainer.final_metrics", "refit", "RefitTrainer.final_metrics",
-       "Trainer.batch_examples", "RankingTrainer.__init__", "Scorer.__call__",
+       "Trainer.batch_examples", "RankingTrainer.__init__", "train_ranking.load_trained",
+       "Runner.save", "Runner._mark_best", "Scorer.__call__",
        "topk.for_each_chunk", "Encoder.users", "Encoder.items"), hooks) if undo is None]
   if missing:
     logging.warning("bench_scale: no hook for %s (renamed?); those figures are missing",
@@ -327,6 +352,8 @@ def run_size(size: str) -> dict:
   records["index"].setdefault("counters", {})["items"] = items
   records["export"].setdefault("counters", {})["items_and_users"] = items + users
   records["load"].setdefault("counters", {})["items_and_users"] = items + users
+  if "reload" in records:
+    records["reload"].setdefault("counters", {})["items_and_users"] = items + users
   records["warm"].setdefault("counters", {})["items_and_users"] = items + users
   records["serve"].setdefault("counters", {})["queries"] = serve["queries"]
   for name, record in records.items():
