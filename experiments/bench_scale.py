@@ -335,7 +335,6 @@ def run_size(size: str) -> dict:
   records = stages.records
   for record in records.values():
     record["seconds"] = record["seconds_with_nested"] - record.pop("nested_seconds")
-  records["prepare"].setdefault("counters", {})["interactions"] = interactions
   train_examples = records["train"].get("counters", {}).get("train_examples", 0)
   records["train"]["examples_per_second"] = round(train_examples / records["train"]["seconds"])
   records["train"]["examples_per_second_metrics_json"] = [
@@ -349,12 +348,12 @@ def run_size(size: str) -> dict:
                               + counters.get("scored_pairs", 0))
     mine = records["mine"].setdefault("counters", {})
     mine["query_items"] = mine.get("user_encodings", 0) * items
-  records["index"].setdefault("counters", {})["items"] = items
-  records["export"].setdefault("counters", {})["items_and_users"] = items + users
-  records["load"].setdefault("counters", {})["items_and_users"] = items + users
-  if "reload" in records:
-    records["reload"].setdefault("counters", {})["items_and_users"] = items + users
-  records["warm"].setdefault("counters", {})["items_and_users"] = items + users
+  # The units that are the size itself, for every stage WORK sets against one of them.
+  size_units = {"interactions": interactions, "items": items, "items_and_users": items + users}
+  for name, record in records.items():
+    for unit in WORK.get(name, ()):
+      if unit in size_units:
+        record.setdefault("counters", {})[unit] = size_units[unit]
   records["serve"].setdefault("counters", {})["queries"] = serve["queries"]
   for name, record in records.items():
     counters = record.get("counters", {})

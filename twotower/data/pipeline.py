@@ -7,6 +7,8 @@ tables, so per-example Python never runs and memory stays O(events), not O(event
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -77,7 +79,7 @@ def training_dataset(data: PreparedData, *, batch_size: int, history_length: int
   return map_batches(ds.skip(skip_batches), make_batch)
 
 
-def map_batches(ds: tf.data.Dataset, make_batch) -> tf.data.Dataset:
+def map_batches(ds: tf.data.Dataset, make_batch: Callable[..., dict]) -> tf.data.Dataset:
   """``ds.map(make_batch)`` in order on every CPU, two batches ahead, without autotuning.
 
   An epoch's dataset is built afresh (its order depends on the epoch), and deleting an
